@@ -1,0 +1,231 @@
+"""Reading, normalising and writing layer images without losing bit depth.
+
+Raw PBF layers are 16-bit. They are read as stored (``uint8`` or ``uint16``) and normalised in
+float32 with percentiles or min-max, never through an 8-bit conversion that would clip every value
+above 255.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pbf_core.errors import ImageReadError, LayerSetError
+
+#: Default refusal limit for decoding (pixels). Real layers are 1-30 MP; this refuses
+#: decompression bombs long before they allocate gigabytes.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP")
+_SUPPORTED_DTYPES = (np.uint8, np.uint16)
+
+
+def _open_header(path: Path, max_pixels: int) -> tuple[str, tuple[int, int]]:
+    """Check the file can be an image of acceptable size without decoding it."""
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if not path.is_file():
+        raise ImageReadError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        # Pillow's own bomb guard would raise on a different threshold; ours is explicit.
+        with Image.open(path) as im:
+            fmt, size = im.format or "?", im.size
+            if fmt == "PNG":
+                im.verify()  # walks every chunk and checks CRCs: catches truncation and corruption
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(path, f"too many pixels (limit {max_pixels:,})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageReadError(path, f"unsupported format {fmt} (use {', '.join(SUPPORTED_FORMATS)})")
+    w, h = size
+    if w * h > max_pixels:
+        raise ImageReadError(path, f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,}")
+    if w == 0 or h == 0:
+        raise ImageReadError(path, f"zero-sized image {w}x{h}")
+    return fmt, size
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image exactly as stored.
+
+    Args:
+        path: PNG, TIFF, JPEG or BMP file, 8- or 16-bit, grey or colour.
+        max_pixels: refuse images with more pixels than this before decoding them.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, C)`` array (colour channels in RGB(A) order), ``uint8`` or ``uint16``.
+
+    Raises:
+        ImageReadError: missing, empty, unreadable, truncated, too large or of an unsupported
+            bit depth (e.g. 32-bit float), naming the file and the reason.
+    """
+    path = Path(path)
+    fmt, (w, h) = _open_header(path, max_pixels)
+    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:].tobytes():
+        raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageReadError(path, f"corrupt or truncated {fmt} data (decoder failed)")
+    if arr.shape[:2] != (h, w):
+        raise ImageReadError(path, f"decoded size {arr.shape[1]}x{arr.shape[0]} != header {w}x{h}")
+    if arr.dtype not in _SUPPORTED_DTYPES:
+        raise ImageReadError(
+            path, f"unsupported bit depth {arr.dtype} (need 8- or 16-bit integers)"
+        )
+    if arr.ndim == 3:
+        if arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        elif arr.shape[2] == 3:
+            arr = arr[:, :, ::-1]  # OpenCV decodes BGR
+        elif arr.shape[2] == 4:
+            arr = arr[:, :, [2, 1, 0, 3]]
+    return np.ascontiguousarray(arr)
+
+
+def to_gray(arr: np.ndarray) -> np.ndarray:
+    """``(H, W[, C])`` image → ``(H, W)`` of the same dtype (alpha ignored, channel mean)."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim != 3:
+        raise ValueError(f"expected (H, W) or (H, W, C), got shape {arr.shape}")
+    rgb = arr[:, :, :3] if arr.shape[2] >= 3 else arr[:, :, :1]
+    return rgb.mean(axis=2).round().astype(arr.dtype)
+
+
+def full_scale(dtype: np.dtype) -> float:
+    """Largest value of an unsigned integer image dtype (255 or 65535)."""
+    return float(np.iinfo(dtype).max)
+
+
+def normalize(
+    arr: np.ndarray,
+    method: Literal["percentile", "minmax", "fullscale"] = "percentile",
+    low: float = 0.5,
+    high: float = 99.5,
+) -> np.ndarray:
+    """Map an integer image to float32 in [0, 1] without clipping the bit depth away.
+
+    Args:
+        arr: ``(H, W)`` or ``(C, H, W)`` ``uint8``/``uint16`` (or float) image.
+        method: ``percentile`` stretches ``[p_low, p_high]`` to [0, 1] (robust to hot pixels),
+            ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's maximum.
+        low, high: percentiles for ``percentile``.
+
+    Returns:
+        float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
+    """
+    x = arr.astype(np.float32)
+    if method == "fullscale":
+        scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0
+        return np.clip(x / scale, 0.0, 1.0)
+    if method == "percentile":
+        lo, hi = np.percentile(x, [low, high])
+    elif method == "minmax":
+        lo, hi = float(x.min()), float(x.max())
+    else:
+        raise ValueError(f"unknown normalisation {method!r}: use percentile, minmax or fullscale")
+    if hi - lo <= 1e-6:
+        return np.zeros_like(x)
+    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+def stack_layers(images: Mapping[str, np.ndarray], layer_id: str) -> np.ndarray:
+    """Stack same-size ``(H, W)`` images (e.g. the a/b/c lighting angles) into ``(C, H, W)``.
+
+    Raises:
+        LayerSetError: when sizes differ, naming each view and its size.
+    """
+    if not images:
+        raise LayerSetError(layer_id, "no images to stack")
+    shapes = {name: img.shape[:2] for name, img in images.items()}
+    if len(set(shapes.values())) > 1:
+        detail = ", ".join(f"{n}={s[1]}x{s[0]}" for n, s in shapes.items())
+        raise LayerSetError(layer_id, f"image sizes differ ({detail})")
+    return np.stack([to_gray(img) for img in images.values()], axis=0)
+
+
+def _atomic_write(path: Path, ext: str, arr: np.ndarray) -> None:
+    """Encode then rename into place, so a crash never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(ext, arr)
+    if not ok:
+        raise OSError(f"{path}: could not encode image of shape {arr.shape} {arr.dtype}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buf.tobytes())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_png16(path: str | Path, image: np.ndarray) -> None:
+    """Write a float image in [0, 1] as a 16-bit PNG.
+
+    Args:
+        image: ``(H, W)`` grey or ``(C, H, W)`` with C in {1, 3}: channel 0 is stored as red.
+    """
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim == 3:
+        if x.shape[0] == 1:
+            x = x[0]
+        elif x.shape[0] == 3:
+            x = x[::-1].transpose(1, 2, 0)  # (C,H,W) RGB -> (H,W,C) BGR for OpenCV
+        else:
+            raise ValueError(f"write_png16 takes 1 or 3 channels, got shape {image.shape}")
+    u16 = np.round(np.clip(x, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    _atomic_write(Path(path), ".png", np.ascontiguousarray(u16))
+
+
+def write_raw_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an integer ``(H, W)`` image (uint8 or uint16) as PNG, values unchanged."""
+    if image.dtype not in _SUPPORTED_DTYPES or image.ndim != 2:
+        raise ValueError(
+            f"write_raw_png takes (H, W) uint8/uint16, got {image.shape} {image.dtype}"
+        )
+    _atomic_write(Path(path), ".png", np.ascontiguousarray(image))
+
+
+def read_layer(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a prepared layer image as float32 ``(C, H, W)`` in [0, 1] (C = 1 or 3)."""
+    arr = read_image(path, max_pixels=max_pixels)
+    x = normalize(arr, method="fullscale")
+    return x[None] if x.ndim == 2 else np.ascontiguousarray(x[:, :, :3].transpose(2, 0, 1))
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Write a boolean ``(H, W)`` mask as an 8-bit PNG with values 0 and 255."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {m.shape}")
+    _atomic_write(Path(path), ".png", (m > 0).astype(np.uint8) * 255)
+
+
+def read_mask(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a mask (any bit depth, grey, RGB or RGBA) as boolean ``(H, W)``: non-zero is foreground."""
+    arr = read_image(path, max_pixels=max_pixels)
+    if arr.ndim == 3:
+        arr = arr[:, :, :3].max(axis=2)
+    return arr > 0
+
+
+def read_raw_labels(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an 8-bit ``(H, W)`` label map (e.g. defect type codes) as stored."""
+    arr = read_image(path, max_pixels=max_pixels)
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise ImageReadError(path, f"label map must be 8-bit grey, got {arr.shape} {arr.dtype}")
+    return arr

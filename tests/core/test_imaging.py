@@ -1,0 +1,156 @@
+"""Reading, normalising and writing layer images: bit depth kept, bad files refused clearly."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pbf_core.errors import ImageReadError, LayerSetError
+from pbf_core.imaging import (
+    normalize,
+    read_image,
+    read_layer,
+    read_mask,
+    stack_layers,
+    to_gray,
+    write_mask,
+    write_png16,
+    write_raw_png,
+)
+
+
+@pytest.fixture
+def gradient16() -> np.ndarray:
+    return (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 20 + 1000).astype(np.uint16)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif", ".tiff"])
+def test_16bit_round_trip_keeps_values_above_255(tmp_path, gradient16, ext):
+    path = tmp_path / f"layer{ext}"
+    assert cv2.imwrite(str(path), gradient16)
+    arr = read_image(path)
+    assert arr.dtype == np.uint16
+    np.testing.assert_array_equal(arr, gradient16)
+    assert arr.max() > 255
+
+
+def test_8bit_jpeg_reads_as_uint8(tmp_path):
+    path = tmp_path / "layer.jpg"
+    Image.fromarray(np.full((32, 40), 128, np.uint8)).save(path, quality=95)
+    arr = read_image(path)
+    assert arr.dtype == np.uint8 and arr.shape == (32, 40)
+
+
+def test_colour_is_rgb_order(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint16)
+    rgb[..., 0] = 60000  # red
+    path = tmp_path / "c.png"
+    write_png16(path, rgb.transpose(2, 0, 1) / 65535.0)
+    arr = read_image(path)
+    assert arr.shape == (8, 8, 3) and arr.dtype == np.uint16
+    assert arr[0, 0, 0] == 60000 and arr[0, 0, 2] == 0
+
+
+def _png_bytes(tmp_path) -> bytes:
+    path = tmp_path / "ok.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 65535, (64, 64), dtype=np.uint16))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d, b: None, "file not found"),
+        (lambda d, b: b"", "empty file"),
+        (lambda d, b: b"this is not an image at all", "not a recognised image"),
+        (lambda d, b: b[: len(b) // 2], "truncated"),
+        (lambda d, b: b[:100] + bytes(len(b) - 100), "corrupt"),
+    ],
+    ids=["missing", "empty", "not-image", "truncated-png", "corrupt-png"],
+)
+def test_bad_files_raise_typed_error_naming_file(tmp_path, make, reason):
+    data = make(tmp_path, _png_bytes(tmp_path))
+    path = tmp_path / "bad.png"
+    if data is not None:
+        path.write_bytes(data)
+    with pytest.raises(ImageReadError, match=reason) as info:
+        read_image(path)
+    assert info.value.path == str(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    path = tmp_path / "t.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_image(path)
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), np.zeros((300, 300), np.uint8))
+    with pytest.raises(ImageReadError, match="too many pixels"):
+        read_image(path, max_pixels=300 * 299)
+
+
+def test_float_tiff_is_refused_with_bit_depth(tmp_path):
+    path = tmp_path / "f.tif"
+    cv2.imwrite(str(path), np.zeros((8, 8), np.float32))
+    with pytest.raises(ImageReadError, match="bit depth"):
+        read_image(path)
+
+
+def test_directory_is_not_an_image(tmp_path):
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["percentile", "minmax", "fullscale"])
+def test_normalize_uses_16_bit_range(gradient16, method):
+    x = normalize(gradient16, method=method)
+    assert x.dtype == np.float32 and x.shape == gradient16.shape
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    # an 8-bit clip would make every pixel above 255 identical; here they stay distinct
+    assert len(np.unique(x)) > 1000
+
+
+def test_normalize_constant_is_zero_and_unknown_method_raises():
+    assert not normalize(np.full((4, 4), 7, np.uint16)).any()
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        normalize(np.zeros((2, 2), np.uint16), method="gamma")
+
+
+def test_stack_layers_checks_sizes():
+    a = np.zeros((4, 5), np.uint16)
+    assert stack_layers({"a": a, "b": a, "c": a}, "B1").shape == (3, 4, 5)
+    with pytest.raises(LayerSetError, match=r"B1: image sizes differ \(a=5x4, b=5x4, c=6x4\)"):
+        stack_layers({"a": a, "b": a, "c": np.zeros((4, 6), np.uint16)}, "B1")
+
+
+def test_to_gray_ignores_alpha():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = 90
+    rgba[..., 3] = 255
+    np.testing.assert_array_equal(to_gray(rgba), np.full((2, 2), 90, np.uint8))
+
+
+def test_layer_and_mask_round_trip(tmp_path):
+    img = np.random.default_rng(2).random((3, 16, 20)).astype(np.float32)
+    write_png16(tmp_path / "l.png", img)
+    back = read_layer(tmp_path / "l.png")
+    assert back.shape == (3, 16, 20)
+    np.testing.assert_allclose(back, img, atol=1 / 65535)
+    mask = img[0] > 0.5
+    write_mask(tmp_path / "m.png", mask)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
+
+
+def test_writes_are_atomic_no_temp_files_left(tmp_path):
+    write_raw_png(tmp_path / "r.png", np.ones((4, 4), np.uint16) * 300)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png"]
+    assert read_image(tmp_path / "r.png").max() == 300
+    with pytest.raises(ValueError, match="uint8/uint16"):
+        write_raw_png(tmp_path / "x.png", np.ones((4, 4), np.float32))
