@@ -112,7 +112,7 @@ def test_directory_is_not_an_image(tmp_path):
 def test_normalize_uses_16_bit_range(gradient16, method):
     x = normalize(gradient16, method=method)
     assert x.dtype == np.float32 and x.shape == gradient16.shape
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     # an 8-bit clip would make every pixel above 255 identical; here they stay distinct
     assert len(np.unique(x)) > 1000
 
