@@ -1,0 +1,199 @@
+"""Raw layers → prepared dataset: ingest, filter, normalise, weak labels, label quality.
+
+The per-layer step (:func:`prepare_layer`) is a pure function of one record so an orchestrator can
+map it over a task runner; :func:`prepare_dataset` is the plain sequential loop around it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pbf_core.config import PrepareConfig
+from pbf_core.datasets import LayerEntry, LayerRecord, Manifest, RawSource, write_json
+from pbf_core.errors import DatasetError
+from pbf_core.filtering import FrameRejected, load_layer_set
+from pbf_core.imaging import write_mask, write_png16, write_raw_png
+from pbf_core.ingest import discover
+from pbf_core.labels import METHODS, label_quality, summarize_quality, synthesize_labels
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    """What happened to one raw layer: kept (``entry``) or dropped (``code`` and ``reason``).
+
+    ``quality`` holds per-method label-quality counts when the layer has a true mask.
+    """
+
+    layer_id: str
+    entry: LayerEntry | None = None
+    code: str | None = None
+    reason: str | None = None
+    quality: dict[str, dict] | None = None
+
+
+def prepare_layer(record: LayerRecord, out: Path, cfg: PrepareConfig) -> LayerOutcome:
+    """Filter, normalise and label one layer set; write its files under ``out``.
+
+    Returns the outcome instead of raising for unusable frames, so one bad file never stops a run.
+    """
+    try:
+        layer = load_layer_set(record, cfg)
+    except FrameRejected as exc:
+        return LayerOutcome(record.layer_id, code=exc.code, reason=exc.reason)
+    lid = layer.layer_id
+    weak = synthesize_labels(layer.image, cfg.labels)
+    write_png16(out / "images" / f"{lid}.png", layer.image)
+    write_mask(out / "weak" / f"{lid}.png", weak)
+    truth_rel = types_rel = None
+    quality = None
+    if layer.truth is not None:
+        truth_rel = f"truth/{lid}.png"
+        write_mask(out / truth_rel, layer.truth)
+        quality = {}
+        for method in METHODS:
+            pred = weak if method == cfg.labels.method else _labels_by(method, layer.image, cfg)
+            quality[method] = label_quality(pred, layer.truth)
+    if layer.types is not None:
+        types_rel = f"types/{lid}.png"
+        write_raw_png(out / types_rel, layer.types)
+    _, h, w = layer.image.shape
+    entry = LayerEntry(
+        id=lid,
+        image=f"images/{lid}.png",
+        weak=f"weak/{lid}.png",
+        truth=truth_rel,
+        types=types_rel,
+        height=h,
+        width=w,
+    )
+    return LayerOutcome(lid, entry=entry, quality=quality)
+
+
+def _labels_by(method: str, image, cfg: PrepareConfig):
+    return synthesize_labels(image, cfg.labels.model_copy(update={"method": method}))
+
+
+def summarize(
+    source: RawSource,
+    outcomes: Sequence[LayerOutcome],
+    cfg: PrepareConfig,
+    elapsed_s: float,
+    source_name: str | None = None,
+) -> tuple[Manifest, dict]:
+    """Build the manifest and the report from per-layer outcomes (pure).
+
+    ``source_name`` is what the user gave (e.g. the ``.zip``), when ``source.root`` is a staging copy.
+    """
+    name = source_name or str(source.root)
+    kept = [o for o in outcomes if o.entry is not None]
+    dropped = [o for o in outcomes if o.entry is None]
+    views = tuple(sorted({v for r in source.records for v in r.views}))
+    manifest = Manifest(
+        source=name,
+        format=source.format,
+        views=views,
+        label_method=cfg.labels.method,
+        normalization=cfg.normalization,
+        layers=tuple(o.entry for o in kept if o.entry is not None),
+    )
+    with_truth = [o for o in kept if o.quality]
+    quality = (
+        {m: summarize_quality(o.quality[m] for o in with_truth) for m in METHODS}
+        if with_truth
+        else None
+    )
+    report = {
+        "source": name,
+        "format": source.format,
+        "label_method": cfg.labels.method,
+        "counts": {
+            "found": len(outcomes),
+            "kept": len(kept),
+            "dropped": len(dropped),
+            "unmatched_files": len(source.unmatched),
+            "with_truth": len(with_truth),
+        },
+        "dropped_by_reason": dict(sorted(Counter(o.code for o in dropped).items())),
+        "dropped": [{"id": o.layer_id, "code": o.code, "reason": o.reason} for o in dropped],
+        "unmatched": [{"file": f, "reason": r} for f, r in source.unmatched],
+        "label_quality": quality,
+        "config": cfg.model_dump(mode="json"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed_s, 2),
+    }
+    return manifest, report
+
+
+def _check_output(raw: Path, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DatasetError(out, "output exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise DatasetError(
+            out,
+            "output directory is not empty and is not a prepared dataset; refusing to overwrite",
+        )
+    raw_r, out_r = raw.resolve(), out.resolve()
+    if raw_r == out_r or raw_r in out_r.parents or out_r in raw_r.parents:
+        raise DatasetError(out, f"output must not contain or be inside the raw data {raw}")
+
+
+def prepare_dataset(
+    raw: str | Path,
+    out: str | Path,
+    cfg: PrepareConfig | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Prepare ``raw`` (Kaggle triplets dir/zip, images+masks folder, am04 tree, synthetic build).
+
+    Writes the layout described in :mod:`pbf_core.datasets` into a temporary sibling directory and
+    swaps it into ``out`` only when complete: a failure midway leaves an earlier ``out`` intact.
+
+    Args:
+        raw: raw dataset directory or ``.zip``; never modified.
+        out: output directory (created; replaced only if it already holds a prepared dataset).
+        cfg: preparation config (defaults if None).
+        progress: called as ``progress(done, total)`` after each layer.
+
+    Returns:
+        The report dict (also written to ``out/report.json``).
+
+    Raises:
+        DatasetError: missing/unrecognised raw data, unsafe output location, or no usable layer.
+    """
+    cfg = cfg or PrepareConfig()
+    raw, out = Path(raw), Path(out)
+    _check_output(raw, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp_name:
+        tmp = Path(tmp_name)
+        source = discover(raw, staging_dir=tmp / "staging")
+        outcomes = []
+        for i, record in enumerate(source.records):
+            outcomes.append(prepare_layer(record, tmp / "data", cfg))
+            if progress:
+                progress(i + 1, len(source.records))
+        manifest, report = summarize(
+            source, outcomes, cfg, time.perf_counter() - start, source_name=str(raw)
+        )
+        if not manifest.layers:
+            raise DatasetError(
+                raw, f"no usable layer among {len(outcomes)} found: {report['dropped_by_reason']}"
+            )
+        write_json(tmp / "data" / "manifest.json", manifest.model_dump(mode="json"))
+        write_json(tmp / "data" / "report.json", report)
+        backup = tmp / "previous"
+        if out.exists():
+            out.replace(backup)
+        (tmp / "data").replace(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    return report

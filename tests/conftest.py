@@ -1,0 +1,43 @@
+"""Shared test data: a tiny synthetic build made once per session, and the real sets in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pbf_core.config import PrepareConfig, SynthConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+AM04 = SHARED / "data" / "real" / "am04"
+SUPERAMS = SHARED / "data" / "real" / "superams"
+
+TINY_BUILD = SynthConfig(layers=12, size=96, seed=7, noise_frames=0.35)
+
+
+@pytest.fixture(scope="session")
+def synthetic_build(tmp_path_factory) -> Path:
+    """A 12-layer 96 px synthetic build with every kind of noise frame (read-only: do not modify)."""
+    from pbf_core.synthetic import generate_build
+
+    out = tmp_path_factory.mktemp("build") / "raw"
+    generate_build(out, TINY_BUILD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_synthetic(synthetic_build, tmp_path_factory) -> Path:
+    """The tiny build prepared with the default config (read-only: do not modify)."""
+    from pbf_core.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare_dataset(synthetic_build, out, PrepareConfig())
+    return out
+
+
+@pytest.fixture(scope="session")
+def am04() -> Path:
+    if not AM04.is_dir():
+        pytest.skip(f"real data not present at {AM04}")
+    return AM04
