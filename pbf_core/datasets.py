@@ -115,6 +115,7 @@ def write_json(path: str | Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, default=str)
             fh.write("\n")

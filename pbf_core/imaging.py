@@ -165,6 +165,7 @@ def _atomic_write(path: Path, ext: str, arr: np.ndarray) -> None:
         raise OSError(f"{path}: could not encode image of shape {arr.shape} {arr.dtype}")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             fh.write(buf.tobytes())
         Path(tmp).replace(path)

@@ -1,0 +1,214 @@
+"""Weak-label quality of every label method on a synthetic build and on the real am04 images.
+
+Usage::
+
+    python benchmarks/label_quality.py --synthetic-layers 40 --size 512 --seed 0 \\
+        --am04 ../shared/data/real/am04 --out benchmarks/results
+
+Writes ``label_quality.json`` (per data set and labeller: micro-averaged quality, detection per
+defect type, per-layer counts, time per layer) and ``label_quality.md`` (the tables) under
+``--out``. Truth for am04 is the union of its per-instance masks except Spattering (drawn as
+coarse regions, see its SOURCE.txt); its NoDefects images have empty truth. Per-type detection
+counts annotated instances (am04: one mask file each; synthetic: connected components of each
+type in ``types/``) that the weak label touches, Spattering included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pbf_core import imaging
+from pbf_core.config import LabelConfig, SynthConfig
+from pbf_core.datasets import DEFECT_TYPES, TRIPLET_VIEWS, write_json
+from pbf_core.labels import METHODS, label_quality, summarize_quality
+
+_AM04_INSTANCE = re.compile(r"_PD_\d+_(?P<kind>[A-Za-z]+)\.png$")
+
+#: The prototype rule with the threshold as first configured (0.2), before it was tuned.
+PROTOTYPE_THRESHOLD = 0.2
+
+
+@dataclass
+class Layer:
+    """One evaluation layer: ``(C, H, W)`` float32 image, ``(H, W)`` bool truth, instances."""
+
+    layer_id: str
+    image: np.ndarray
+    truth: np.ndarray
+    instances: list[tuple[str, np.ndarray]]  # (defect type, (H, W) bool mask)
+
+
+def _type_instances(types: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Connected components (8-connectivity) of each defect type code in a type map."""
+    out = []
+    for code, kind in enumerate(DEFECT_TYPES, start=1):
+        n, labels = cv2.connectedComponents((types == code).astype(np.uint8), connectivity=8)
+        out.extend((kind, labels == i) for i in range(1, n))
+    return out
+
+
+def synthetic_layers(root: Path) -> Iterator[Layer]:
+    """Layers of a synthetic build, noise frames skipped, each view percentile-normalised."""
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["layers"]:
+        if entry.get("kind", "layer") != "layer":
+            continue
+        lid = entry["id"]
+        views = [
+            imaging.normalize(imaging.read_image(root / "images" / f"{lid}{v}.PNG"), "percentile")
+            for v in TRIPLET_VIEWS
+        ]
+        types = imaging.read_raw_labels(root / "types" / f"{lid}.png")
+        truth = imaging.read_mask(root / "truth" / f"{lid}.png")
+        yield Layer(lid, np.stack(views), truth, _type_instances(types))
+
+
+def am04_layers(root: Path) -> Iterator[Layer]:
+    """am04 layers: 46 with defects (truth = instances except Spattering), 8 defect-free."""
+    data = root / "data"
+    for img in sorted((data / "Defects").glob("*/*.jpg")):
+        gray = imaging.to_gray(imaging.read_image(img))
+        truth = np.zeros(gray.shape, dtype=bool)
+        instances = []
+        for path in sorted((data / "DefectsMasks" / img.stem).glob("*_PD_*.png")):
+            match = _AM04_INSTANCE.search(path.name)
+            if match is None:
+                continue
+            kind, mask = match["kind"].lower(), imaging.read_mask(path)
+            instances.append((kind, mask))
+            if kind != "spattering":
+                truth |= mask
+        yield Layer(img.stem, imaging.normalize(gray, "percentile")[None], truth, instances)
+    for img in sorted((data / "NoDefects").glob("*.jpg")):
+        gray = imaging.to_gray(imaging.read_image(img))
+        empty = np.zeros(gray.shape, dtype=bool)
+        yield Layer(f"NoDefects/{img.stem}", imaging.normalize(gray, "percentile")[None], empty, [])
+
+
+def labellers(cfg: LabelConfig) -> dict[str, tuple[Callable, object]]:
+    """Row name → (method, its config): every method with its defaults, plus the untuned rule."""
+    rows: dict[str, tuple[Callable, object]] = {
+        name: (method, getattr(cfg, name)) for name, method in METHODS.items()
+    }
+    untuned = cfg.threshold.model_copy(update={"threshold": PROTOTYPE_THRESHOLD})
+    rows[f"threshold (untuned, t={PROTOTYPE_THRESHOLD})"] = (METHODS["threshold"], untuned)
+    return rows
+
+
+def evaluate(layers: Iterator[Layer], rows: dict[str, tuple[Callable, object]]) -> dict:
+    """Every labeller on every layer: summary, per-type detection, per-layer counts, ms/layer."""
+    per_layer: dict[str, list[dict]] = {name: [] for name in rows}
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    by_type = {name: {k: [0, 0, 0, 0] for k in DEFECT_TYPES} for name in rows}
+    for layer in layers:
+        for name, (method, sub) in rows.items():
+            t0 = time.perf_counter()
+            pred = method(layer.image, sub)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            per_layer[name].append({"id": layer.layer_id, **label_quality(pred, layer.truth)})
+            for kind, mask in layer.instances:
+                hit = pred & mask
+                counts = by_type[name][kind]
+                counts[0] += 1
+                counts[1] += bool(hit.any())
+                counts[2] += int(mask.sum())
+                counts[3] += int(hit.sum())
+    return {
+        name: {
+            "summary": summarize_quality(per_layer[name]),
+            "by_type": {
+                kind: {
+                    "instances": n,
+                    "detected": d,
+                    "instance_recall": d / n if n else None,
+                    "pixel_recall": tp / px if px else None,
+                }
+                for kind, (n, d, px, tp) in by_type[name].items()
+            },
+            "median_ms_per_layer": statistics.median(times[name]) if times[name] else 0.0,
+            "config": sub.model_dump(),
+            "layers": per_layer[name],
+        }
+        for name, (_, sub) in rows.items()
+    }
+
+
+def markdown(results: dict[str, dict[str, dict]]) -> str:
+    """A quality table (one row per data set and labeller) and a per-type detection table."""
+    cols = ("precision", "recall", "iou", "dice", "instance_recall", "false_positives_per_image")
+    lines = [
+        "| data set | labeller | layers | " + " | ".join(cols) + " | ms/layer |",
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: |",
+    ]
+    for dataset, rows in results.items():
+        for name, res in rows.items():
+            s = res["summary"]
+            vals = " | ".join(f"{s[c]:.3f}" for c in cols)
+            lines.append(
+                f"| {dataset} | {name} | {s['layers']} | {vals} | {res['median_ms_per_layer']:.0f} |"
+            )
+    lines += [
+        "",
+        "Annotated instances touched by the weak label (detected/total), per defect type:",
+        "",
+        "| data set | labeller | " + " | ".join(DEFECT_TYPES) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in DEFECT_TYPES) + " |",
+    ]
+    for dataset, rows in results.items():
+        for name, res in rows.items():
+            cells = [
+                f"{t['detected']}/{t['instances']}" if t["instances"] else "-"
+                for t in (res["by_type"][k] for k in DEFECT_TYPES)
+            ]
+            lines.append(f"| {dataset} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic-layers", type=int, default=40, help="0 = skip synthetic")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synthetic-dir", type=Path, help="reuse this build instead of generating")
+    parser.add_argument("--am04", type=Path, help="am04 root (with data/ and SOURCE.txt)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+
+    rows = labellers(LabelConfig())
+    results: dict[str, dict[str, dict]] = {}
+    if args.synthetic_layers > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            build = args.synthetic_dir
+            if build is None:
+                from pbf_core.synthetic import generate_build
+
+                build = Path(tmp) / "build"
+                generate_build(
+                    build,
+                    SynthConfig(layers=args.synthetic_layers, size=args.size, seed=args.seed),
+                )
+            key = f"synthetic ({args.synthetic_layers} layers, {args.size}px, seed {args.seed})"
+            results[key] = evaluate(synthetic_layers(build), rows)
+    if args.am04 is not None:
+        results["am04 (46 Defects + 8 NoDefects, C=1)"] = evaluate(am04_layers(args.am04), rows)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "label_quality.json", results)
+    table = markdown(results)
+    (args.out / "label_quality.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
