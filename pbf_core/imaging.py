@@ -7,6 +7,7 @@ above 255.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Mapping
@@ -23,67 +24,73 @@ from pbf_core.errors import ImageReadError, LayerSetError
 #: decompression bombs long before they allocate gigabytes.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+#: Files larger than this are refused before being read (an uncompressed 64 MP 16-bit RGB TIFF
+#: is 384 MiB).
+MAX_FILE_BYTES = 512 * 1024**2
+
 SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP")
 _SUPPORTED_DTYPES = (np.uint8, np.uint16)
 
 
-def _open_header(path: Path, max_pixels: int) -> tuple[str, tuple[int, int]]:
-    """Check the file can be an image of acceptable size without decoding it."""
-    if not path.exists():
-        raise ImageReadError(path, "file not found")
-    if not path.is_file():
-        raise ImageReadError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
+def _check_header(data: bytes, source: str, max_pixels: int) -> tuple[str, tuple[int, int]]:
+    """Check the bytes can be an image of acceptable size without decoding the pixels."""
+    if not data:
+        raise ImageReadError(source, "empty file (0 bytes)")
     try:
         # Pillow's own bomb guard would raise on a different threshold; ours is explicit.
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             fmt, size = im.format or "?", im.size
             if fmt == "PNG":
                 im.verify()  # walks every chunk and checks CRCs: catches truncation and corruption
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not a recognised image format") from None
+        raise ImageReadError(source, "not a recognised image format") from None
     except Image.DecompressionBombError:
-        raise ImageReadError(path, f"too many pixels (limit {max_pixels:,})") from None
+        raise ImageReadError(source, f"too many pixels (limit {max_pixels:,})") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+        raise ImageReadError(source, f"corrupt or truncated image ({exc})") from None
     if fmt not in SUPPORTED_FORMATS:
-        raise ImageReadError(path, f"unsupported format {fmt} (use {', '.join(SUPPORTED_FORMATS)})")
+        raise ImageReadError(
+            source, f"unsupported format {fmt} (use {', '.join(SUPPORTED_FORMATS)})"
+        )
     w, h = size
     if w * h > max_pixels:
-        raise ImageReadError(path, f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,}")
+        raise ImageReadError(source, f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,}")
     if w == 0 or h == 0:
-        raise ImageReadError(path, f"zero-sized image {w}x{h}")
+        raise ImageReadError(source, f"zero-sized image {w}x{h}")
     return fmt, size
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image exactly as stored.
+def decode_image(
+    data: bytes, source: str = "<upload>", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode encoded image bytes (e.g. an upload) exactly as stored.
 
     Args:
-        path: PNG, TIFF, JPEG or BMP file, 8- or 16-bit, grey or colour.
+        data: the encoded file content (PNG, TIFF, JPEG or BMP; 8- or 16-bit; grey or colour).
+        source: name used in error messages (a path or an upload's file name).
         max_pixels: refuse images with more pixels than this before decoding them.
 
     Returns:
-        ``(H, W)`` or ``(H, W, C)`` array (colour channels in RGB(A) order), ``uint8`` or ``uint16``.
+        ``(H, W)`` or ``(H, W, C)`` array (colour in RGB(A) order), ``uint8`` or ``uint16``.
 
     Raises:
-        ImageReadError: missing, empty, unreadable, truncated, too large or of an unsupported
-            bit depth (e.g. 32-bit float), naming the file and the reason.
+        ImageReadError: empty, unreadable, truncated, too large or of an unsupported bit depth
+            (e.g. 32-bit float), naming the source and the reason.
     """
-    path = Path(path)
-    fmt, (w, h) = _open_header(path, max_pixels)
-    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:].tobytes():
-        raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    fmt, (w, h) = _check_header(data, source, max_pixels)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
+        raise ImageReadError(source, "truncated JPEG (no end-of-image marker)")
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ImageReadError(path, f"corrupt or truncated {fmt} data (decoder failed)")
+        raise ImageReadError(source, f"corrupt or truncated {fmt} data (decoder failed)")
     if arr.shape[:2] != (h, w):
-        raise ImageReadError(path, f"decoded size {arr.shape[1]}x{arr.shape[0]} != header {w}x{h}")
+        raise ImageReadError(
+            source, f"decoded size {arr.shape[1]}x{arr.shape[0]} != header {w}x{h}"
+        )
     if arr.dtype not in _SUPPORTED_DTYPES:
         raise ImageReadError(
-            path, f"unsupported bit depth {arr.dtype} (need 8- or 16-bit integers)"
+            source, f"unsupported bit depth {arr.dtype} (need 8- or 16-bit integers)"
         )
     if arr.ndim == 3:
         if arr.shape[2] == 1:
@@ -93,6 +100,25 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         elif arr.shape[2] == 4:
             arr = arr[:, :, [2, 1, 0, 3]]
     return np.ascontiguousarray(arr)
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file exactly as stored (see :func:`decode_image` for the result).
+
+    Raises:
+        ImageReadError: missing, not a file, empty, unreadable, truncated, too large or of an
+            unsupported bit depth, naming the file and the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if not path.is_file():
+        raise ImageReadError(path, "not a regular file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ImageReadError(
+            path, f"file too large ({path.stat().st_size:,} bytes > {MAX_FILE_BYTES:,})"
+        )
+    return decode_image(path.read_bytes(), str(path), max_pixels=max_pixels)
 
 
 def to_gray(arr: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from pbf_core.errors import ImageReadError, LayerSetError
 from pbf_core.imaging import (
+    decode_image,
     normalize,
     read_image,
     read_layer,
@@ -154,3 +155,13 @@ def test_writes_are_atomic_no_temp_files_left(tmp_path):
     assert read_image(tmp_path / "r.png").max() == 300
     with pytest.raises(ValueError, match="uint8/uint16"):
         write_raw_png(tmp_path / "x.png", np.ones((4, 4), np.float32))
+
+
+def test_decode_image_names_the_upload(tmp_path):
+    path = tmp_path / "ok.png"
+    cv2.imwrite(str(path), np.full((5, 6), 1000, np.uint16))
+    assert decode_image(path.read_bytes(), "layer.png").max() == 1000
+    with pytest.raises(ImageReadError, match=r"^layer\.png: empty file"):
+        decode_image(b"", "layer.png")
+    with pytest.raises(ImageReadError, match=r"^up\.jpg: not a recognised"):
+        decode_image(b"GIF89a-not-really", "up.jpg")
