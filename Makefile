@@ -10,7 +10,7 @@ LAYERS ?= 40
 SIZE ?= 512
 SEED ?= 0
 
-.PHONY: install run test lint clean
+.PHONY: install run serve test lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,16 +19,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: the main job on the offline default (a synthetic build) — generate, prepare, summarise
+## run: the main job on the offline default (a synthetic build): prepare, train, export, quantise,
+## benchmark, track in MLflow, promote, package for serving; ends with a summary
 run: install
-	$(BIN)/pbf synth $(STATE)/data/synthetic --layers $(LAYERS) --size $(SIZE) --seed $(SEED)
-	$(BIN)/pbf prepare $(STATE)/data/synthetic $(STATE)/data/prepared
+	PBF_STATE_DIR=$(STATE) $(BIN)/pbf run --config configs/default.yaml
 
-## test: lint, then the whole test suite
-test: install
+## serve: serve the packaged champion (after `make run`) on http://localhost:3000
+serve: install
+	BENTOML_HOME=$(STATE)/bentoml $(BIN)/bentoml serve service:DefectService --port 3000
+
+## test: lint, then the whole test suite (browser tests need Debian's chromium; axe-core from npm)
+test: install tests/service/node_modules
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+tests/service/node_modules: tests/service/package.json tests/service/package-lock.json
+	cd tests/service && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 lint: install
 	$(BIN)/ruff check --fix .

@@ -300,5 +300,84 @@ def predict(
     out_console.print_json(json.dumps(report))
 
 
+@app.command()
+@friendly_errors
+def quantize(
+    model: Annotated[Path, typer.Argument(help="model.safetensors from `pbf train`.")],
+    calib: Annotated[
+        Path, typer.Option(help="Prepared dataset the model was trained on (calibration, parity).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for model.fp32.onnx, model.int8.onnx.")],
+    method: Annotated[
+        str | None, typer.Option(help="Calibration: minmax, entropy or percentile.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Calibration tiles.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML QuantizeConfig preset.")] = None,
+) -> None:
+    """Export to ONNX and quantize to static int8; gate both on parity with the fp32 model."""
+    from pbf_core.config import QuantizeConfig, load_config
+    from pbf_core.quantization import quantize_model
+
+    cfg = load_config(
+        config, QuantizeConfig, calibration_method=method, calibration_samples=samples
+    )
+    result = quantize_model(model, calib, out, cfg)
+    first = next(iter(result.parity.values()))
+    table = Table(
+        title=f"parity on {first.images} held-out layers against {first.labels} masks "
+        f"(fp32 Dice {first.reference_dice:.4f}, recall {first.reference_recall:.4f})"
+    )
+    for col in ("variant", "file MB", "Dice", "recall", "agreement with fp32", "gate"):
+        table.add_column(col, justify="right")
+    for name, parity in result.parity.items():
+        path = result.fp32 if name == "onnx-fp32" else result.int8
+        table.add_row(
+            name,
+            f"{path.stat().st_size / 1e6:.2f}",
+            f"{parity.dice:.4f}",
+            f"{parity.recall:.4f}",
+            f"{parity.agreement_dice:.4f}",
+            "pass" if parity.passed else f"FAIL: {parity.reason}",
+        )
+    out_console.print(table)
+    out_console.print(f"wrote {out} (report: {result.report})", highlight=False)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def benchmark(
+    model: Annotated[Path, typer.Argument(help="model.safetensors from `pbf train`.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Prepared training data: quantize if needed, parity on its test split."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for inference.json and .md.")] = Path(
+        "benchmarks/results"
+    ),
+    onnx_dir: Annotated[
+        Path | None, typer.Option(help="`pbf quantize` output (default: OUT/onnx).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: all cores).")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds over all variants; best kept.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Timed batch-1 runs per size.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML BenchmarkConfig preset.")] = None,
+) -> None:
+    """Latency, throughput, size, memory and parity of every variant, in one run."""
+    from pbf_core.benchmarking import benchmark_model, format_markdown
+    from pbf_core.config import BenchmarkConfig, load_config
+
+    cfg = load_config(
+        config, BenchmarkConfig, threads=threads, rounds=rounds, iterations=iterations
+    )
+    with progress_bar("benchmarking variants") as progress:
+        report = benchmark_model(model, out, data, onnx_dir, cfg, progress=progress)
+    out_console.print(format_markdown(report), highlight=False, markup=False)
+    out_console.print(f"wrote {out / 'inference.json'} and {out / 'inference.md'}", highlight=False)
+
+
 if __name__ == "__main__":
     app()

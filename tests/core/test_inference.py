@@ -1,0 +1,220 @@
+"""Tiled inference, components, overlays, input preparation and the Segmenter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pbf_core.inference import (
+    OVERLAY_RED,
+    OVERLAY_YELLOW,
+    Component,
+    Segmenter,
+    find_components,
+    predict_tiled,
+    prepare_input,
+    render_overlay,
+)
+from pbf_core.models import ModelSpec, create_model, save_checkpoint
+
+SMALL = (16, 16, 8, 8, 8)
+
+
+def first_channel(batch: np.ndarray) -> np.ndarray:
+    """A 'model' whose probability is its input's first channel: stitching must give it back."""
+    return batch[:, 0].copy()
+
+
+@pytest.mark.parametrize(("h", "w"), [(64, 64), (100, 150), (40, 70), (257, 64)])
+@pytest.mark.parametrize(("tile", "overlap"), [(64, 16), (96, 0)])
+def test_predict_tiled_reassembles_the_layer(h, w, tile, overlap):
+    rng = np.random.default_rng(0)
+    image = rng.random((2, h, w)).astype(np.float32)
+    prob = predict_tiled(first_channel, image, tile, overlap, batch_size=3)
+    assert prob.shape == (h, w) and prob.dtype == np.float32
+    np.testing.assert_allclose(prob, image[0], atol=1e-5)
+
+
+def test_predict_tiled_passes_whole_tiles_in_batches():
+    shapes = []
+
+    def spy(batch):
+        shapes.append(batch.shape)
+        return batch[:, 0]
+
+    predict_tiled(spy, np.zeros((3, 100, 100), np.float32), 64, 16, batch_size=2)
+    assert all(s[1:] == (3, 64, 64) for s in shapes)
+    assert sum(s[0] for s in shapes) == 4 and max(s[0] for s in shapes) == 2
+
+
+@pytest.mark.parametrize(
+    ("image", "tile", "overlap", "match"),
+    [
+        (np.zeros((64, 64), np.float32), 64, 0, "C, H, W"),
+        (np.zeros((1, 64, 64), np.float32), 60, 0, "multiple of 32"),
+        (np.zeros((1, 64, 64), np.float32), 64, 32, "overlap"),
+    ],
+)
+def test_predict_tiled_bad_input(image, tile, overlap, match):
+    with pytest.raises(ValueError, match=match):
+        predict_tiled(first_channel, image, tile, overlap)
+
+
+def test_find_components():
+    mask = np.zeros((20, 30), bool)
+    prob = np.zeros((20, 30), np.float32)
+    mask[2:4, 5:9] = True
+    prob[3, 6] = 0.7
+    mask[10, 20] = mask[11, 21] = True  # diagonal neighbours: one component (8-connectivity)
+    prob[10, 20] = 0.9
+    comps = find_components(mask, prob)
+    assert comps == (
+        Component(20, 10, 22, 12, 2, pytest.approx(0.9)),
+        Component(5, 2, 9, 4, 8, pytest.approx(0.7)),
+    )
+    assert comps[1].to_dict() == {"bbox": [5, 2, 9, 4], "area_px": 8, "max_prob": 0.7}
+    assert find_components(np.zeros((4, 4), bool), np.zeros((4, 4), np.float32)) == ()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((3, 32, 32), 0.5, np.float32),
+        np.full((32, 32), 0.5, np.float32),
+        np.full((32, 32), 32768, np.uint16),
+    ],
+)
+def test_render_overlay(image):
+    mask = np.zeros((32, 32), bool)
+    mask[10:14, 10:14] = True
+    comps = find_components(mask, mask.astype(np.float32))
+    out = render_overlay(image, mask, comps)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    r, g, b = out[12, 12].astype(int)
+    assert r > g and r > b  # translucent red over grey
+    assert tuple(out[9, 9]) == OVERLAY_YELLOW  # box corner, one pixel outside the defect
+    assert out[0, 0, 0] == out[0, 0, 1] == out[0, 0, 2]  # untouched grey
+    assert OVERLAY_RED == (255, 0, 0)
+
+
+def test_render_overlay_size_mismatch():
+    with pytest.raises(ValueError, match="differ"):
+        render_overlay(np.zeros((8, 8), np.float32), np.zeros((9, 8), bool))
+
+
+def spec(in_channels: int = 3, **kw) -> ModelSpec:
+    views = ("a", "b", "c") if in_channels == 3 else ("image",)
+    return ModelSpec(
+        in_channels=in_channels,
+        views=views,
+        decoder_channels=SMALL,
+        tile_size=64,
+        tile_overlap=16,
+        **kw,
+    )
+
+
+def test_prepare_input_variants():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 65535, (3, 40, 50), dtype=np.uint16)
+    from_stack = prepare_input(raw, spec(3))
+    from_views = prepare_input({"a": raw[0], "b": raw[1], "c": raw[2]}, spec(3))
+    assert from_stack.shape == (3, 40, 50) and from_stack.dtype == np.float32
+    np.testing.assert_array_equal(from_stack, from_views)
+    assert from_stack.min() == 0.0 and from_stack.max() == 1.0  # percentile stretch per view
+    rgb = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    assert prepare_input(rgb, spec(1)).shape == (1, 40, 50)
+    views_as_rgb = prepare_input(np.moveaxis(raw, 0, 2), spec(3))
+    np.testing.assert_array_equal(views_as_rgb, from_stack)
+    prepared = rng.random((3, 40, 50)).astype(np.float32)
+    assert prepare_input(prepared, spec(3)) is not None
+
+
+@pytest.mark.parametrize(
+    ("raw", "channels", "match"),
+    [
+        ({"a": np.zeros((8, 8), np.uint8)}, 3, "missing view"),
+        (np.zeros((8, 8), np.uint16), 3, "takes 3 views"),
+        (np.zeros((2, 8, 8), np.float32), 3, r"\(3, H, W\)"),
+        (np.zeros((5, 8, 8, 2), np.uint8), 1, "cannot read"),
+    ],
+)
+def test_prepare_input_bad(raw, channels, match):
+    with pytest.raises(ValueError, match=match):
+        prepare_input(raw, spec(channels))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return create_model(in_channels=3, decoder_channels=SMALL).eval()
+
+
+def test_segmenter_from_model_and_checkpoint(tmp_path, tiny_model):
+    image = np.random.default_rng(0).random((3, 80, 100)).astype(np.float32)
+    direct = Segmenter.from_model(tiny_model, spec(threshold=0.4))
+    result = direct.segment(image)
+    assert result.prob.shape == (80, 100) and result.prob.dtype == np.float32
+    assert result.mask.dtype == bool and result.threshold == 0.4
+    np.testing.assert_array_equal(result.mask, result.prob >= 0.4)
+    assert len(result.components) == len(find_components(result.mask, result.prob))
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model, spec(threshold=0.4))
+    loaded = Segmenter.from_checkpoint(path)
+    np.testing.assert_allclose(loaded.predict_proba(image), result.prob, atol=1e-5)
+    assert loaded.segment(image, threshold=0.99).threshold == 0.99
+
+
+def test_segmenter_wrong_channel_count(tiny_model):
+    seg = Segmenter.from_model(tiny_model, spec(3))
+    with pytest.raises(ValueError, match="views"):
+        seg.segment(np.zeros((64, 64), np.uint16))
+
+
+@pytest.fixture(scope="module")
+def bare_onnx(tmp_path_factory, tiny_model):
+    """The tiny model exported once, without pbf metadata (the export takes ~20 s)."""
+    from pbf_core.export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "bare.onnx"
+    export_onnx(tiny_model, path, in_channels=3)
+    return path
+
+
+@pytest.mark.slow
+def test_segmenter_onnx_reads_spec_from_metadata(tmp_path, tiny_model, bare_onnx):
+    import onnx
+
+    from pbf_core.export import set_metadata
+
+    s = spec(threshold=0.4)
+    proto = onnx.load_model(str(bare_onnx))
+    set_metadata(proto, s.model_dump(mode="json"))
+    onnx.save_model(proto, str(tmp_path / "m.onnx"))
+    image = np.random.default_rng(1).random((3, 70, 90)).astype(np.float32)
+    onnx_seg = Segmenter.from_onnx(tmp_path / "m.onnx")
+    assert onnx_seg.spec == s
+    torch_seg = Segmenter.from_model(tiny_model, s)
+    np.testing.assert_allclose(
+        onnx_seg.predict_proba(image), torch_seg.predict_proba(image), atol=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_onnx_without_spec_is_refused(bare_onnx):
+    with pytest.raises(ValueError, match="no pbf"):
+        Segmenter.from_onnx(bare_onnx)
+
+
+def test_group_layer_files():
+    from pathlib import Path
+
+    from pbf_core.inference import group_layer_files
+
+    files = [Path(f) for f in ("x/B1a.png", "x/B1b.png", "x/B1c.png", "x/other.png")]
+    groups = group_layer_files(files, ("a", "b", "c"))
+    assert [g[0] for g in groups] == ["B1", "other"]
+    assert groups[0][1]["b"] == Path("x/B1b.png") and groups[1][1] == {"": Path("x/other.png")}
+    assert group_layer_files(files[:1], ("image",)) == [("B1a", {"": files[0]})]
+    with pytest.raises(ValueError, match="missing view"):
+        group_layer_files(files[:2], ("a", "b", "c"))

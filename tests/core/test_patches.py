@@ -1,0 +1,132 @@
+"""Layer splits, defect-biased patches and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pbf_core.config import AugmentConfig
+from pbf_core.datasets import Sample
+from pbf_core.patches import (
+    LayerDataset,
+    PatchDataset,
+    build_augmentation,
+    split_layers,
+    target_of,
+)
+
+IDS = [f"L{i:03d}" for i in range(20)]
+
+
+def test_split_is_disjoint_complete_and_deterministic():
+    s = split_layers(IDS, (0.7, 0.15, 0.15), seed=3)
+    assert sorted(s["train"] + s["val"] + s["test"]) == IDS
+    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (14, 3, 3)
+    assert split_layers(list(reversed(IDS)), (0.7, 0.15, 0.15), seed=3) == s
+    assert split_layers(IDS, (0.7, 0.15, 0.15), seed=4) != s
+
+
+def test_split_small_sets_keep_every_nonempty_split():
+    s = split_layers(["a", "b", "c"], (0.8, 0.1, 0.1))
+    assert [len(s[k]) for k in ("train", "val", "test")] == [1, 1, 1]
+    assert split_layers(["a", "b"], (0.5, 0.5, 0.0))["test"] == []
+
+
+@pytest.mark.parametrize(
+    ("ids", "fractions", "match"),
+    [
+        (IDS, (0.5, 0.5), "3 non-negative"),
+        (IDS, (0.5, 0.6, -0.1), "3 non-negative"),
+        (["a", "a", "b"], (0.7, 0.15, 0.15), "unique"),
+        (["a", "b"], (0.7, 0.15, 0.15), "cannot fill"),
+    ],
+)
+def test_split_bad_input(ids, fractions, match):
+    with pytest.raises(ValueError, match=match):
+        split_layers(ids, fractions)
+
+
+def layers(n: int = 3, size: int = 96, channels: int = 3):
+    rng = np.random.default_rng(0)
+    images, targets = [], []
+    for i in range(n):
+        images.append(rng.random((channels, size, size)).astype(np.float32))
+        t = np.zeros((size, size), bool)
+        if i:  # the first layer has no defect
+            t[10 * i : 10 * i + 3, 50:53] = True
+        targets.append(t)
+    return images, targets
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_patch_items(channels):
+    images, targets = layers(channels=channels)
+    ds = PatchDataset(images, targets, patch_size=32, length=10)
+    item = ds[0]
+    assert item["image"].shape == (channels, 32, 32) and item["target"].shape == (1, 32, 32)
+    assert str(item["image"].dtype) == "torch.float32"
+    assert len(ds) == 10
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def test_positive_patches_contain_a_defect():
+    images, targets = layers()
+    ds = PatchDataset(images, targets, patch_size=32, length=50, positive_fraction=1.0)
+    assert all(ds[i]["target"].sum() > 0 for i in range(50))
+    neg = PatchDataset(images, targets, patch_size=32, length=50, positive_fraction=0.0)
+    assert sum(float(neg[i]["target"].sum() > 0) for i in range(50)) < 25
+
+
+def test_patches_are_reproducible_per_epoch():
+    images, targets = layers()
+    aug = build_augmentation(AugmentConfig(), seed=0)
+    a = PatchDataset(images, targets, 32, 8, augment=aug, seed=1)
+    b = PatchDataset(images, targets, 32, 8, augment=build_augmentation(AugmentConfig()), seed=1)
+    assert all(np.array_equal(a[i]["image"], b[i]["image"]) for i in range(8))
+    first = a[3]["image"].clone()
+    a.set_epoch(1)
+    assert not np.array_equal(a[3]["image"], first)
+
+
+def test_small_layers_are_padded_to_a_patch():
+    images, targets = layers(n=2, size=20)
+    item = PatchDataset(images, targets, patch_size=32, length=2)[1]
+    assert item["image"].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmentation_keeps_shapes_range_and_binary_masks(channels):
+    aug = build_augmentation(
+        AugmentConfig(affine_p=1.0, brightness_contrast_p=1.0, noise_p=1.0), seed=0
+    )
+    images, targets = layers(n=2, channels=channels)
+    ds = PatchDataset(images, targets, 64, 20, positive_fraction=1.0, augment=aug)
+    for i in range(20):
+        item = ds[i]
+        assert item["image"].shape == (channels, 64, 64)
+        assert float(item["image"].min()) >= 0 and float(item["image"].max()) <= 1
+        assert set(np.unique(item["target"].numpy())) <= {0.0, 1.0}
+
+
+def test_patch_dataset_bad_input():
+    images, targets = layers()
+    with pytest.raises(ValueError, match="matching"):
+        PatchDataset(images, targets[:2], 32, 4)
+    with pytest.raises(ValueError, match="do not match"):
+        PatchDataset(images, [t[:50] for t in targets], 32, 4)
+
+
+def test_target_of():
+    s = Sample("x", np.zeros((1, 4, 4), np.float32), np.ones((4, 4), bool), None, None)
+    assert target_of(s, "weak").all()
+    with pytest.raises(ValueError, match="no true mask"):
+        target_of(s, "truth")
+
+
+def test_layer_dataset():
+    images, targets = layers(n=2)
+    ds = LayerDataset(images, targets)
+    assert len(ds) == 2 and ds[1]["image"] is images[1]
+    with pytest.raises(ValueError):
+        LayerDataset(images, targets[:1])

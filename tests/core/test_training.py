@@ -1,0 +1,191 @@
+"""Devices, loss, the fit loop and the train job on a tiny synthetic build."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pbf_core.config import TrainConfig
+from pbf_core.devices import DeviceError, resolve_device, resolve_precision
+from pbf_core.inference import Segmenter
+from pbf_core.models import create_model, load_checkpoint
+from pbf_core.patches import LayerDataset, PatchDataset
+from pbf_core.training import dice_bce_loss, fit, train
+
+SMALL = (16, 16, 8, 8, 8)
+TINY = dict(
+    device="cpu",
+    epochs=2,
+    steps_per_epoch=2,
+    batch_size=2,
+    patch_size=32,
+    tile_size=64,
+    tile_overlap=16,
+    model={"decoder_channels": SMALL},
+    threads=1,  # a second OpenMP thread only adds waiting when other jobs share the cores
+)
+
+
+def test_resolve_device_cpu_and_auto():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_absent_cuda_is_a_clear_error():
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is present")
+def test_absent_mps_is_a_clear_error():
+    with pytest.raises(DeviceError, match="MPS is not available"):
+        resolve_device("mps")
+
+
+def test_unknown_device():
+    with pytest.raises(DeviceError, match="valid: auto, cpu"):
+        resolve_device("tpu")
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", None), ("bf16", torch.bfloat16)])
+def test_resolve_precision_cpu(precision, expected):
+    assert resolve_precision(precision, torch.device("cpu")) == expected
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(DeviceError, match="fp16"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_loss_prefers_the_right_answer_and_weights_positives():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:4, 2:4] = 1
+    good = (target * 2 - 1) * 8
+    assert dice_bce_loss(good, target) < 0.05
+    assert dice_bce_loss(-good, target) > 1.5
+    missed = torch.full_like(target, -3.0)
+    assert dice_bce_loss(missed, target, pos_weight=10, dice_weight=0) > dice_bce_loss(
+        missed, target, pos_weight=1, dice_weight=0
+    )
+
+
+def toy_layers(n: int, size: int = 64, seed: int = 0):
+    """Bright squares on noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for _ in range(n):
+        img = (rng.random((3, size, size)) * 0.3).astype(np.float32)
+        t = np.zeros((size, size), bool)
+        y, x = rng.integers(4, size - 12, 2)
+        t[y : y + 6, x : x + 6] = True
+        img[:, t] = 0.9
+        images.append(img)
+        targets.append(t)
+    return images, targets
+
+
+def loaders(cfg: TrainConfig):
+    images, targets = toy_layers(4)
+    patches = PatchDataset(images, targets, cfg.patch_size, cfg.steps_per_epoch * cfg.batch_size)
+    val = LayerDataset(*toy_layers(2, seed=1))
+    return DataLoader(patches, batch_size=cfg.batch_size), val
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fit_runs_calls_back_and_keeps_the_best_epoch(precision):
+    cfg = TrainConfig(**TINY, precision=precision)
+    model = create_model(decoder_channels=SMALL)
+    seen = []
+    history = fit(model, *loaders(cfg), cfg, on_epoch_end=seen.append, progress=False)
+    assert [m["epoch"] for m in seen] == [0, 1]
+    assert {"train_loss", "val_dice", "val_threshold", "lr", "is_best"} <= set(seen[0])
+    assert history.best_epoch in (0, 1)
+    assert history.best_score == max(m["val_dice"] for m in history.epochs)
+    assert history.stopped == "completed"
+    assert history.precision == ("bfloat16" if precision == "bf16" else "float32")
+    assert not model.training
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_fit_stops_on_time_budget(clock):
+    cfg = TrainConfig(**{**TINY, "epochs": 50}, max_minutes=1e-4, budget_clock=clock)
+    history = fit(create_model(decoder_channels=SMALL), *loaders(cfg), cfg, progress=False)
+    assert history.stopped == "time_budget"
+    assert len(history.epochs) <= 1
+
+
+def test_fit_refuses_absent_device():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    cfg = TrainConfig(**{**TINY, "device": "cuda"})
+    with pytest.raises(DeviceError):
+        fit(create_model(decoder_channels=SMALL), *loaders(cfg), cfg, progress=False)
+
+
+def test_fit_refuses_empty_validation():
+    cfg = TrainConfig(**TINY)
+    train_loader, _ = loaders(cfg)
+    with pytest.raises(ValueError, match="validation set is empty"):
+        fit(
+            create_model(decoder_channels=SMALL),
+            train_loader,
+            LayerDataset([], []),
+            cfg,
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"patch_size": 100}, {"split": (0.5, 0.5, 0.5)}, {"tile_overlap": 200}, {"labels": "both"}],
+)
+def test_train_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**{**TINY, **bad})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("labels", ["weak", "truth"])
+def test_train_job_writes_a_usable_checkpoint(prepared_synthetic, tmp_path, labels):
+    cfg = TrainConfig(**TINY, labels=labels)
+    result = train(prepared_synthetic, tmp_path, cfg, progress=False)
+    assert result.checkpoint.is_file()
+    _, spec = load_checkpoint(result.checkpoint)
+    assert spec.labels == labels and spec.views == ("a", "b", "c") and 0 < spec.threshold < 1
+    assert spec.train_data_digest and len(spec.train_data_digest) == 64
+    assert set(spec.metrics) >= {"dice", "recall", "instance_recall"}
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["truth"]["pixel"]["dice"] == pytest.approx(spec.metrics["dice"])
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+    assert json.loads((tmp_path / "history.json").read_text())["epochs"]
+    seg = Segmenter.from_checkpoint(result.checkpoint)
+    assert seg.predict_proba(np.zeros((3, 96, 96), np.float32)).shape == (96, 96)
+
+
+def test_train_job_refuses_non_dataset(tmp_path):
+    from pbf_core.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="manifest"):
+        train(tmp_path, tmp_path / "out", TrainConfig(**TINY), progress=False)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_lr_factor_anneals_to_a_small_floor(schedule):
+    from pbf_core.training import lr_factor
+
+    values = [lr_factor(p, schedule) for p in np.linspace(0, 1, 101)]
+    assert values[-1] == pytest.approx(1e-3)
+    assert max(values) == pytest.approx(1.0, abs=1e-3)
+    peak = int(np.argmax(values))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :], strict=False))
+    if schedule == "onecycle":
+        assert values[0] == pytest.approx(0.04) and peak == 10
+    assert lr_factor(2.0, schedule) == values[-1]  # past the budget: stays at the floor
+    with pytest.raises(ValueError, match="onecycle, cosine"):
+        lr_factor(0.5, "step")
