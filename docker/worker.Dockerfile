@@ -1,0 +1,35 @@
+# Pipeline worker: runs `train_pipeline` flow runs as subprocesses (Prefect process work pool).
+# Build context: the repository root (see compose.yaml). CPU-only torch keeps the image small;
+# for a GPU worker, start from an nvidia/cuda runtime image and drop the CPU index URL.
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PBF_STATE_DIR=/var/lib/pbf \
+    PREFECT_HOME=/var/lib/pbf/prefect \
+    DO_NOT_TRACK=1
+
+# OpenCV (headless) still needs libGL-free glib; curl for the health check.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libglib2.0-0 curl \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/pbf
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" torch torchvision
+COPY pyproject.toml README.md prefect.yaml ./
+COPY pbf_core ./pbf_core
+COPY tasks ./tasks
+COPY flows ./flows
+COPY configs ./configs
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" . psycopg2-binary boto3 \
+    && useradd --create-home --uid 10001 pbf \
+    && mkdir -p /var/lib/pbf && chown -R pbf /var/lib/pbf /opt/pbf
+
+USER pbf
+VOLUME ["/var/lib/pbf"]
+COPY --chmod=0755 docker/worker-entrypoint.sh /usr/local/bin/worker-entrypoint.sh
+ENTRYPOINT ["/usr/local/bin/worker-entrypoint.sh"]
+CMD ["prefect", "worker", "start", "--pool", "pbf-process", "--type", "process"]

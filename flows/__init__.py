@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks; ``flows.cli`` is the ``pbf`` command line."""

@@ -1,0 +1,267 @@
+"""MLflow tracking and registry tasks against a real local store (SQLite + artifact dir in tmp).
+
+The promotion test lives here: a worse candidate is registered but never becomes champion, and
+a registry failure midway leaves the aliases as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pbf_core.config import PipelineConfig, PromotionConfig, Settings
+from pbf_core.promotion import Scores, decide
+
+NAME = "pbf-defect-segmenter"
+
+
+def tiny_onnx(path: Path, gain: float) -> str:
+    """A 1x1 convolution ``(N, 1, H, W) -> (N, 1, H, W)``: a stand-in segmenter file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [gain])
+    dims = ["batch", 1, "height", "width"]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save_model(model, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh local tracking store for this module (environment pointed at it)."""
+    state = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PBF_STATE_DIR", str(state))
+        mp.delenv("PBF_TRACKING_URI", raising=False)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        from tasks import tracking
+
+        yield tracking.resolve_store()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "manifest.json").write_text("{}")
+    return {
+        "name": "unit",
+        "path": str(root),
+        "digest": "d" * 64,
+        "report": {"label_quality": {"background": {"recall": 0.9}}},
+    }
+
+
+def register(store, dataset, tmp_path, gain: float) -> tuple[dict, dict]:
+    from tasks import tracking
+
+    run = tracking.start_run.fn(PipelineConfig(), dataset)
+    models = {
+        "fp32": tiny_onnx(tmp_path / f"fp32-{gain}.onnx", gain),
+        "int8": tiny_onnx(tmp_path / f"int8-{gain}.onnx", gain),
+        "parity": {"passed": True},
+    }
+    versions = tracking.register_variants.fn(
+        run, models, dataset["digest"], {"truth/dice": gain}, 1
+    )
+    return run, versions
+
+
+def aliases(mc) -> dict[str, str]:
+    out = {}
+    for alias in ("champion", "champion-fp32", "challenger", "challenger-fp32"):
+        with contextlib.suppress(Exception):
+            out[alias] = str(mc.get_model_version_by_alias(NAME, alias).version)
+    return out
+
+
+def test_store_defaults_to_sqlite_under_state_dir(store, tmp_path, monkeypatch):
+    from tasks import tracking
+
+    assert store.uri.startswith("sqlite:///") and store.uri.endswith("mlflow/mlflow.db")
+    assert store.artifact_root.startswith("file://")
+    # MLflow exports the URI it is given; the same SQLite store must still be recognised as local.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    assert tracking.resolve_store() == store
+    assert tracking.ui_command(store).startswith("mlflow ui --backend-store-uri sqlite:///")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking.resolve_store().uri == "http://mlflow:5000"
+    assert tracking.resolve_store().artifact_root is None
+    monkeypatch.setenv("PBF_TRACKING_URI", "http://other:5000")
+    assert tracking.resolve_store().uri == "http://other:5000"
+
+
+def test_run_holds_config_dataset_and_epoch_metrics(store, dataset):
+    from tasks import tracking
+
+    run = tracking.start_run.fn(PipelineConfig(), dataset)
+    log = tracking.epoch_logger(run["run_id"])
+    for epoch in range(3):
+        log({"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_dice": 0.1 * epoch})
+    tracking.finish_run.fn(run["run_id"])
+    mc = tracking.client()
+    got = mc.get_run(run["run_id"])
+    assert got.info.status == "FINISHED"
+    assert got.data.params["train.model.encoder"] == PipelineConfig().train.model.encoder
+    assert got.data.params["data.synth.layers"] == str(PipelineConfig().data.synth.layers)
+    history = mc.get_metric_history(run["run_id"], "epoch/val_dice")
+    assert [m.step for m in history] == [0, 1, 2]
+    (ds,) = got.inputs.dataset_inputs
+    assert ds.dataset.name == "unit" and dataset["digest"].startswith(ds.dataset.digest)
+    assert mc.get_experiment(got.info.experiment_id).name == "pbf-unit"
+    arts = {a.path for a in mc.list_artifacts(run["run_id"], "data")}
+    assert arts == {"data/prepare_report.json", "data/label_quality.json"}
+
+
+def test_worse_candidate_does_not_become_champion(store, dataset, tmp_path):
+    from tasks import tracking
+
+    mc = tracking.client()
+    run1, v1 = register(store, dataset, tmp_path, gain=0.9)
+    first = decide(Scores({"truth/dice": 0.9}, "e"), None, PromotionConfig(), parity_passed=True)
+    tracking.apply_decision.fn(run1, v1, first)
+    assert aliases(mc)["champion"] == v1["int8"]
+    assert aliases(mc)["champion-fp32"] == v1["fp32"]
+
+    run2, v2 = register(store, dataset, tmp_path, gain=0.5)
+    worse = decide(
+        Scores({"truth/dice": 0.5}, "e"),
+        Scores({"truth/dice": 0.9}, "e", "champion"),
+        PromotionConfig(),
+        parity_passed=True,
+    )
+    assert not worse.promote
+    tracking.apply_decision.fn(run2, v2, worse)
+    now = aliases(mc)
+    assert now["champion"] == v1["int8"] and now["champion-fp32"] == v1["fp32"]
+    assert now["challenger"] == v2["int8"] and now["challenger-fp32"] == v2["fp32"]
+    tags = mc.get_model_version(NAME, v2["int8"]).tags
+    assert tags["variant"] == "int8" and tags["promotion"] == "challenger"
+    assert tags["data_digest"] == dataset["digest"] and tags["metric.truth/dice"] == "0.5000"
+    assert mc.get_run(run2["run_id"]).data.tags["pbf.promotion"] == "challenger"
+    assert tracking.champion_version.fn() == v1["int8"]
+
+
+def test_champion_alias_resolves_to_a_servable_onnx_model(store):
+    import mlflow
+
+    from tasks import tracking
+
+    tracking.client()
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    out = model.predict(np.ones((2, 1, 32, 48), np.float32))
+    assert np.allclose(out["logits"], 0.9)
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 1, -1, -1)
+
+
+def test_alias_failure_midway_restores_previous_aliases(store, dataset, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+
+    mc = tracking.client()
+    before = aliases(mc)
+    run, versions = register(store, dataset, tmp_path, gain=0.99)
+    real = MlflowClient.set_registered_model_alias
+    calls = []
+
+    def flaky(self, name, alias, version):
+        calls.append(alias)
+        if len(calls) == 2:
+            raise RuntimeError("registry went away")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    better = decide(Scores({"truth/dice": 0.99}, "e"), None, PromotionConfig(), parity_passed=True)
+    with pytest.raises(tracking.TrackingError, match="restored"):
+        tracking.apply_decision.fn(run, versions, better)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    assert aliases(mc) == before
+
+
+def test_registration_failure_leaves_no_half_registered_pair(store, dataset, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+
+    mc = tracking.client()
+    count = len(mc.search_model_versions(f"name='{NAME}'"))
+    real = MlflowClient.create_model_version
+    calls = []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", flaky)
+    with pytest.raises(tracking.TrackingError, match="removed"):
+        register(store, dataset, tmp_path, gain=0.7)
+    assert len(mc.search_model_versions(f"name='{NAME}'")) == count
+
+
+@pytest.mark.parametrize(
+    ("nested", "flat"),
+    [
+        ({"a": {"b": 1, "c": {"d": [1, 2]}}}, {"a.b": 1, "a.c.d": [1, 2]}),
+        ({}, {}),
+        ({"x": None}, {"x": None}),
+    ],
+)
+def test_flatten(nested, flat):
+    from tasks.tracking import flatten
+
+    assert flatten(nested) == flat
+
+
+def test_evaluation_metrics_flattens_both_label_kinds():
+    from tasks.tracking import evaluation_metrics, gate_metrics
+
+    scores = {
+        "pixel": {"dice": 0.8, "recall": 0.9},
+        "instance": {"instance_recall": 1.0, "false_positives_per_image": 0.5, "instances": 3},
+        "average_precision": 0.7,
+        "best_dice": 0.85,
+    }
+    ev = {"threshold": 0.4, "truth": scores, "weak": scores}
+    flat = evaluation_metrics(ev)
+    assert flat["test/truth/dice"] == 0.8 and flat["test/weak/instances"] == 3.0
+    assert flat["test/threshold"] == 0.4
+    assert gate_metrics({**ev, "truth": None})["weak/dice"] == 0.8
+    assert "truth/dice" not in gate_metrics({**ev, "truth": None})
+
+
+def test_settings_registry_name_is_the_contract():
+    assert Settings().registry_name == NAME
+
+
+def test_unreachable_registry_is_not_mistaken_for_no_champion(store, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tasks import tracking
+
+    def down(self, name, alias):
+        raise MlflowException("API request failed: connection refused")
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", down)
+    with pytest.raises(MlflowException, match="connection refused"):
+        tracking.fetch_alias.fn("champion", "/tmp/unused")
+
+
+def test_missing_alias_means_no_champion(store, tmp_path):
+    from tasks import tracking
+
+    assert tracking.fetch_alias.fn("no-such-alias", str(tmp_path)) is None
