@@ -1,0 +1,389 @@
+"""Serving throughput and latency: the BentoML service against the prototype's naive handler.
+
+Both serve the same model (the default U-Net, random weights unless ``--checkpoint`` is given:
+speed does not depend on the weights) on the same 512x512 16-bit a/b/c uploads (synthetic
+layers):
+
+- ``naive-fp32-torch``: :mod:`naive_app` — FastAPI, fp32 PyTorch per request (the prototype's way);
+- ``service-<variant>``: ``bentoml serve service:DefectService`` — ONNX Runtime, adaptive
+  batching of tiles across requests, int8 by default.
+
+All servers are started, then loaded in turn in interleaved rounds at concurrency 1 and 8, so
+the machine's changing background load hits each alike. Reported: throughput (requests/s, median
+over rounds) and p50/p95 latency (ms, over all requests), with the load average. Results go to
+``benchmarks/results/serve.json`` and ``serve.md``. ``PBF_SERVE_*`` variables reach the service.
+
+    python benchmarks/serve.py                       # int8 service vs naive fp32
+    python benchmarks/serve.py --variants int8 fp32  # also the fp32 ONNX service
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+STARTUP_S = 300
+
+
+def build_model(work: Path, checkpoint: Path | None, size: int) -> dict[str, Path]:
+    """Checkpoint, fp32 ONNX and calibrated int8 ONNX of the benchmarked model."""
+    import torch
+
+    from pbf_core.config import QuantizeConfig, SynthConfig
+    from pbf_core.export import export_onnx, spec_metadata
+    from pbf_core.inference import prepare_input
+    from pbf_core.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
+    from pbf_core.quantization import quantize_static
+    from pbf_core.synthetic import render_layer
+
+    if checkpoint is None:
+        torch.manual_seed(0)
+        spec = ModelSpec(train_data_digest="benchmark-random-init")
+        model = create_model(in_channels=spec.in_channels)
+        checkpoint = save_checkpoint(work / "model.safetensors", model.eval(), spec)
+    model, spec = load_checkpoint(checkpoint)
+    fp32 = work / "fp32.onnx"
+    export_onnx(
+        model, fp32, in_channels=spec.in_channels, metadata=spec_metadata(spec, "onnx-fp32")
+    )
+    cfg = SynthConfig(size=size, seed=1)
+    t = spec.tile_size
+    tiles = []
+    for z in range(4):
+        x = prepare_input(render_layer(cfg, z).views, spec)
+        tiles += [x[:, y : y + t, xx : xx + t] for y in (0, size - t) for xx in (0, size - t)]
+    int8 = quantize_static(fp32, work / "int8.onnx", np.stack(tiles), QuantizeConfig())
+    return {"checkpoint": Path(checkpoint), "fp32": fp32, "int8": int8}
+
+
+def uploads(size: int, count: int) -> list[dict[str, tuple[str, bytes, str]]]:
+    """``count`` different synthetic layers as multipart a/b/c 16-bit PNGs."""
+    import cv2
+
+    from pbf_core.config import SynthConfig
+    from pbf_core.synthetic import render_layer
+
+    cfg = SynthConfig(size=size, seed=2)
+    out = []
+    for z in range(count):
+        views = render_layer(cfg, z).views
+        out.append(
+            {
+                v: (f"L{z:04d}{v}.png", cv2.imencode(".png", views[i])[1].tobytes(), "image/png")
+                for i, v in enumerate("abc")
+            }
+        )
+    return out
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)  # PBF_SERVE_* settings pass through (threads, workers, batching)
+    env.update(PYTHONPATH=str(REPO), BENTOML_DO_NOT_TRACK="True", **extra)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.Popen:
+    import httpx
+
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    _stop(proc)
+    raise RuntimeError(f"not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+
+
+def _shoot(
+    url: str, files: list[dict], concurrency: int, requests: int
+) -> tuple[list, list, float]:
+    """``requests`` POSTs from ``concurrency`` threads: latencies (s), errors, wall time (s)."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def worker(jobs: list[int]) -> None:
+        with httpx.Client(timeout=600) as client:
+            for i in jobs:
+                t0 = time.perf_counter()
+                r = client.post(url, files=files[i % len(files)])
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+
+    threads = [
+        threading.Thread(target=worker, args=(list(range(k, requests, concurrency)),))
+        for k in range(concurrency)
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors, time.perf_counter() - t0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time (s) of a server process and all its children (workers)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(
+    targets: dict[str, str], pids: dict[str, int], files: list[dict], args
+) -> dict[str, list[dict]]:
+    """Interleaved rounds: each round loads every target in turn at each concurrency.
+
+    All servers stay up (an idle one costs nothing), so a change in the machine's background
+    load hits every target alike instead of whichever happened to run last. Throughput is the
+    median over rounds; latency percentiles pool every request of the rounds.
+    """
+    for url in targets.values():
+        _shoot(url, files, max(args.concurrency), args.warmup)
+    out: dict[str, list[dict]] = {name: [] for name in targets}
+    for c in args.concurrency:
+        requests = args.requests if c > 1 else args.requests_c1
+        runs: dict[str, list] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, url in targets.items():
+                load_before = os.getloadavg()[0]
+                cpu_before = _cpu_seconds(pids[name])
+                shot = _shoot(url, files, c, requests)
+                cpu = _cpu_seconds(pids[name]) - cpu_before
+                runs[name].append((*shot, load_before, cpu / requests))
+        for name, rounds in runs.items():
+            ms = np.array([lat for r in rounds for lat in r[0]]) * 1000.0
+            rps = [requests / r[2] for r in rounds]
+            errors = [e for r in rounds for e in r[1]]
+            row = {
+                "concurrency": c,
+                "requests": requests * len(rounds),
+                "rounds": len(rounds),
+                "errors": len(errors),
+                "first_error": errors[0] if errors else None,
+                "throughput_rps": round(statistics.median(rps), 3),
+                "throughput_rps_rounds": [round(x, 3) for x in rps],
+                "p50_ms": round(float(np.percentile(ms, 50)), 1),
+                "p95_ms": round(float(np.percentile(ms, 95)), 1),
+                "mean_ms": round(statistics.fmean(ms), 1),
+                "loadavg_1m_before": round(statistics.fmean(r[3] for r in rounds), 2),
+                # CPU the server spent per request: unlike wall-clock throughput, it hardly
+                # depends on what else runs on the machine.
+                "server_cpu_ms_per_request": round(
+                    1000 * statistics.median(r[4] for r in rounds), 1
+                ),
+            }
+            out[name].append(row)
+            print(
+                f"{name:>18} c={c}: {row['throughput_rps']:.2f} req/s (rounds "
+                f"{row['throughput_rps_rounds']}), p50 {row['p50_ms']:.0f} ms, "
+                f"p95 {row['p95_ms']:.0f} ms, errors {row['errors']}",
+                flush=True,
+            )
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"{report['when']} on {report['machine']['cpu_count']} CPU cores "
+        f"({report['machine']['processor'] or report['machine']['machine']}), "
+        f"load average before: {report['machine']['loadavg_start']}. "
+        f"{report['upload']}; model: {report['model']}.",
+        "",
+        "| server | concurrency | requests | throughput (req/s) | p50 (ms) | p95 (ms) | errors "
+        "| server CPU per request (ms) | load avg 1m |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for target in report["targets"]:
+        for r in target["results"]:
+            lines.append(
+                f"| {target['name']} | {r['concurrency']} | {r['requests']} | "
+                f"{r['throughput_rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+                f"{r['errors']} | {r['server_cpu_ms_per_request']:.0f} | "
+                f"{r['loadavg_1m_before']:.2f} |"
+            )
+    lines += ["", "Throughput relative to the naive fp32 handler at the same concurrency:", ""]
+    for c, ratios in report["speedup"].items():
+        lines.append(f"- concurrency {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    lines += [
+        "",
+        "CPU per request of the naive handler over the service's (how many times more requests "
+        "the same cores serve when nothing else competes for them):",
+        "",
+    ]
+    for c, ratios in report["cpu_speedup"].items():
+        lines.append(f"- concurrency {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    lines += ["", report["note"], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: random init)")
+    parser.add_argument("--size", type=int, default=512, help="upload width and height (px)")
+    parser.add_argument("--requests", type=int, default=24, help="requests per round (c > 1)")
+    parser.add_argument("--requests-c1", type=int, default=8, help="requests per round (c = 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--variants", nargs="+", default=["int8"], choices=["int8", "fp32"])
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="pbf-bench-serve-") as tmp:
+        work = Path(tmp)
+        print("building the model (export, int8 calibration)...", flush=True)
+        files = build_model(work, args.checkpoint, args.size)
+        home = work / "bentoml"
+        package = [sys.executable, "-m", "flows.cli", "package"]
+        package += ["--int8", str(files["int8"]), "--fp32", str(files["fp32"])]
+        done = subprocess.run(
+            package,
+            cwd=REPO,
+            env=_env(BENTOML_HOME=str(home)),
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise SystemExit(done.stdout + done.stderr)
+        bodies = uploads(args.size, 8)
+        procs: list[subprocess.Popen] = []
+        urls: dict[str, str] = {}
+        pids: dict[str, int] = {}
+        try:
+            if not args.skip_naive:
+                port = _free_port()
+                cmd = [str(Path(sys.executable).with_name("uvicorn")), "--app-dir", "benchmarks"]
+                cmd += ["naive_app:app", "--host", "127.0.0.1", "--port", str(port)]
+                cmd += ["--workers", "1", "--log-level", "warning"]
+                env = _env(PBF_NAIVE_CHECKPOINT=str(files["checkpoint"]))
+                base = f"http://127.0.0.1:{port}"
+                procs.append(_start(cmd, env, f"{base}/docs", work / "naive.log"))
+                urls["naive-fp32-torch"] = f"{base}/segment"
+                pids["naive-fp32-torch"] = procs[-1].pid
+            for variant in args.variants:
+                port = _free_port()
+                cmd = [str(Path(sys.executable).with_name("bentoml")), "serve"]
+                cmd += ["service:DefectService", "--host", "127.0.0.1", "--port", str(port)]
+                env = _env(BENTOML_HOME=str(home), PBF_SERVE_VARIANT=variant)
+                base = f"http://127.0.0.1:{port}"
+                procs.append(_start(cmd, env, f"{base}/readyz", work / f"service-{variant}.log"))
+                urls[f"service-{variant}"] = f"{base}/segment"
+                pids[f"service-{variant}"] = procs[-1].pid
+            measured = measure(urls, pids, bodies, args)
+        finally:
+            for proc in procs:
+                _stop(proc)
+        targets = [{"name": name, "results": rows} for name, rows in measured.items()]
+
+    naive = next((t for t in targets if t["name"] == "naive-fp32-torch"), None)
+    speedup: dict[str, dict[str, float]] = {}
+    cpu_speedup: dict[str, dict[str, float]] = {}
+    if naive is not None:
+        base_rps = {r["concurrency"]: r["throughput_rps"] for r in naive["results"]}
+        base_cpu = {r["concurrency"]: r["server_cpu_ms_per_request"] for r in naive["results"]}
+        for t in targets:
+            if t is naive:
+                continue
+            for r in t["results"]:
+                speedup.setdefault(str(r["concurrency"]), {})[t["name"]] = round(
+                    r["throughput_rps"] / base_rps[r["concurrency"]], 2
+                )
+                cpu_speedup.setdefault(str(r["concurrency"]), {})[t["name"]] = round(
+                    base_cpu[r["concurrency"]] / r["server_cpu_ms_per_request"], 2
+                )
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor(),
+            "machine": platform.machine(),
+            "loadavg_start": load_start,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "upload": f"{args.size}x{args.size} 16-bit PNG a/b/c triplets (synthetic layers)",
+        "model": "U-Net mobilenet_v2 (ModelSpec defaults: tile 256, overlap 32)"
+        + (f", {args.checkpoint}" if args.checkpoint else ", random init"),
+        "targets": targets,
+        "speedup": speedup,
+        "cpu_speedup": cpu_speedup,
+        "note": (
+            "All servers are up at once and loaded in turn, in interleaved rounds (throughput: "
+            "median over rounds; p50/p95 over all requests); the load generator runs on the same "
+            "machine. The naive handler "
+            "does the same work per request (decode, normalise, tile, stitch, components, overlay "
+            "and mask PNGs) with the fp32 PyTorch model; the service runs ONNX Runtime with "
+            "BentoML adaptive batching of tiles across requests. Other processes on the machine "
+            "(see the load average) make absolute numbers noisy; compare rows of one run."
+        ),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "serve.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

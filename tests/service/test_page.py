@@ -1,0 +1,134 @@
+"""The web page in headless Chromium: upload a layer, see the overlay and the announced result; axe audit.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``, never a downloaded browser) and axe-core from
+``npm ci`` in ``tests/service``; skipped when either is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_support import layer, png_bytes
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file() and not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context()
+    # Offline by design: any request outside the service (a CDN, fonts) fails the test.
+    outside: list[str] = []
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(server) or route.request.url.startswith("data:")
+            else (outside.append(route.request.url), route.abort())
+        ),
+    )
+    page = context.new_page()
+    page.goto(server + "/")
+    yield page
+    context.close()
+    assert not outside, f"the page requested outside resources: {outside}"
+
+
+def audit(page) -> list[dict]:
+    """Serious and critical axe-core violations of the page as it is now."""
+    if not AXE.is_file():
+        pytest.skip(f"axe-core not installed ({AXE}); run `npm ci` in tests/service")
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("async () => await axe.run(document)")
+    return [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]]}
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_upload_shows_overlay_and_announces_result(page, tmp_path):
+    rgb = np.stack([layer(seed=i) for i in range(3)], axis=2)
+    upload = tmp_path / "layer.png"
+    upload.write_bytes(png_bytes(rgb))
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    page.get_by_label("One image").check()
+    page.get_by_label("Layer image").set_input_files(str(upload))
+    page.get_by_role("button", name="Analyze layer").click()
+
+    status = page.get_by_role("status")
+    status.filter(has_text="Defect found").wait_for(timeout=30_000)
+    assert page.locator("#status").get_attribute("aria-live") == "polite"
+    overlay = page.get_by_role("img", name="Overlay of the analysed layer")
+    assert overlay.get_attribute("src").startswith("data:image/png;base64,")
+    assert page.evaluate("document.getElementById('overlay').naturalWidth") == 128
+    # focus moved to the result so keyboard and screen-reader users land on it
+    assert page.evaluate("document.activeElement.id") == "result-heading"
+    assert page.locator("#components tbody tr").count() == 1
+
+
+def test_triplet_mode_by_keyboard_and_missing_view_error(page, tmp_path):
+    for v in "ab":
+        (tmp_path / f"{v}.png").write_bytes(png_bytes(layer()))
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    page.get_by_label("A triplet (views a, b and c)").focus()
+    page.keyboard.press("Space")
+    assert page.get_by_label("View a").is_visible()
+    assert not page.get_by_label("Layer image").is_visible()
+    page.get_by_label("View a").set_input_files(str(tmp_path / "a.png"))
+    page.get_by_label("View b").set_input_files(str(tmp_path / "b.png"))
+    page.get_by_role("button", name="Analyze layer").press("Enter")
+    page.get_by_role("alert").filter(has_text="Choose view c first").wait_for(timeout=10_000)
+    assert page.evaluate("document.activeElement.id") == "file-c"
+    assert page.get_by_label("View c").get_attribute("aria-invalid") == "true"
+
+
+def test_server_error_is_announced(page, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    page.get_by_label("One image").check()
+    page.get_by_label("Layer image").set_input_files(str(bad))
+    page.get_by_role("button", name="Analyze layer").click()
+    page.get_by_role("alert").filter(has_text="not a recognised image").wait_for(timeout=30_000)
+    assert "could not be analysed" in page.locator("#status").inner_text()
+
+
+def test_axe_finds_no_serious_violations(page, tmp_path):
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    before = audit(page)
+    upload = tmp_path / "layer.png"
+    upload.write_bytes(png_bytes(np.stack([layer(seed=i) for i in range(3)], axis=2)))
+    page.get_by_label("One image").check()
+    page.get_by_label("Layer image").set_input_files(str(upload))
+    page.get_by_role("button", name="Analyze layer").click()
+    page.locator("#status").filter(has_text="Defect found").wait_for(timeout=30_000)
+    after = audit(page)
+    assert not before and not after, json.dumps({"before": before, "after": after}, indent=1)
