@@ -259,6 +259,20 @@ def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        # A step shorter than one sampling interval would otherwise leave the run without any.
+        if not any(k.startswith("system/") for k in client().get_run(run_id).data.metrics):
+            log_metrics(run_id, _system_snapshot())
+
+
+def _system_snapshot() -> dict[str, float]:
+    import psutil
+
+    mem = psutil.virtual_memory()
+    return {
+        "system/cpu_utilization_percentage": psutil.cpu_percent(interval=0.1),
+        "system/system_memory_usage_megabytes": mem.used / 2**20,
+        "system/system_memory_usage_percentage": mem.percent,
+    }
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
