@@ -55,6 +55,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pbf_core.errors import ImageReadError, LayerSetError
+from pbf_core.export import open_session
 from pbf_core.imaging import decode_image
 from pbf_core.inference import (
     find_components,
@@ -251,27 +252,6 @@ class BackgroundLoader(Generic[T]):
 # ---------------------------------------------------------------------------- tile inference
 
 
-def _serving_session(path: Path, threads: int) -> Any:
-    """An ONNX Runtime CPU session as ``pbf_core.export.open_session`` makes it, without spinning.
-
-    ONNX Runtime's worker threads busy-wait between operators by default. In the service they
-    share the cores with the request threads (decoding, stitching, overlays), and the spinning
-    starves those: with it off, int8 inference ran ~1.7x faster next to request work on the
-    2-core test machine.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _bento_model() -> bentoml.models.BentoModel | None:
     """The store model a bento must carry (none when serving from a tracking server)."""
     if SETTINGS.source != "store":
@@ -302,7 +282,11 @@ class TileInference:
             served = _from_tracking(SETTINGS, Path(self._tmp.name))
         else:
             served = _from_store(SETTINGS)
-        return served, onnx_predictor(_serving_session(served.path, SETTINGS.threads))
+        return served, onnx_predictor(
+            # ONNX Runtime's busy-waiting workers starve the request threads on shared cores
+            # (int8 inference ran ~1.7x faster with spinning off next to request work).
+            open_session(served.path, SETTINGS.threads or None, spinning=False)
+        )
 
     def __is_ready__(self) -> bool:
         return self._model.ready

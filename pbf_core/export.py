@@ -186,7 +186,13 @@ def check_onnx(
     return ExportCheck(tuple(compared), worst, flipped / max(total, 1), ok)
 
 
-def open_session(path: str | Path, threads: int | None = None, optimized: str | Path | None = None):
+def open_session(
+    path: str | Path,
+    threads: int | None = None,
+    optimized: str | Path | None = None,
+    *,
+    spinning: bool = True,
+):
     """Open an ONNX Runtime CPU session with every graph optimisation on.
 
     Args:
@@ -194,6 +200,8 @@ def open_session(path: str | Path, threads: int | None = None, optimized: str | 
         threads: intra-op threads (None: ONNX Runtime's default, one per core); inter-op is 1
             because the U-Net is a single chain.
         optimized: where to also save the optimised graph (tied to this machine's CPU features).
+        spinning: let worker threads busy-wait between operators (fastest alone; a service whose
+            request threads share the cores should turn it off).
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -211,6 +219,8 @@ def open_session(path: str | Path, threads: int | None = None, optimized: str | 
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     if optimized is not None:
