@@ -10,6 +10,7 @@ unpickles anything, so a checkpoint from an untrusted source cannot run code.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -41,7 +42,7 @@ class ModelSpec(BaseModel):
     """Everything needed to use a trained model besides its weights.
 
     Attributes:
-        arch, encoder, in_channels, classes, decoder_channels, head_width: rebuild the
+        arch, encoder, in_channels, classes, decoder_channels, head, head_width: rebuild the
             network (see :func:`create_model`).
         views: input channels in order, e.g. ``("a", "b", "c")`` or ``("image",)``.
         normalization, percentiles: how raw layers are mapped to [0, 1] per view (as in
@@ -62,7 +63,8 @@ class ModelSpec(BaseModel):
     in_channels: int = Field(3, ge=1, le=16)
     classes: int = Field(1, ge=1)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)
-    head_width: int = Field(16, ge=0)
+    head: Literal["full", "shuffle"] = "shuffle"
+    head_width: int = Field(32, ge=0)
     views: tuple[str, ...] = ("a", "b", "c")
     normalization: Literal["percentile", "minmax"] = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -121,7 +123,8 @@ def create_model(
     classes: int = 1,
     encoder_weights: str | Path | None = None,
     decoder_channels: tuple[int, ...] | None = (128, 64, 32, 16, 8),
-    head_width: int = 16,
+    head_width: int = 32,
+    head: str = "shuffle",
 ) -> torch.nn.Module:
     """Build a segmentation network that outputs logits ``(N, classes, H, W)``.
 
@@ -135,9 +138,12 @@ def create_model(
             whole model's or only the encoder's weights.
         decoder_channels: U-Net decoder widths (``None`` = smp's default); ignored by
             architectures without this parameter.
-        head_width: channels of a full-resolution head that sees the decoder output *and the
-            input pixels* (see :class:`pbf_core.networks.FullResolutionHead`); 0 keeps smp's
-            plain head.
+        head_width: channels of a head that sees the decoder output *and the input pixels*;
+            0 keeps smp's plain head.
+        head: ``shuffle`` (U-Net only): the decoder stops at half resolution and the head
+            works on pixel-unshuffled input there (:class:`pbf_core.networks.ShuffleHead`, the
+            last ``decoder_channels`` entry is unused); ``full``: the head runs at full
+            resolution after the whole decoder (:class:`pbf_core.networks.FullResolutionHead`).
 
     Raises:
         ValueError: unknown architecture or encoder (the valid names are listed).
@@ -163,7 +169,13 @@ def create_model(
     )
     if encoder_weights is not None and not download:
         _load_initial_weights(model, Path(encoder_weights))
-    if head_width:
+    if head not in ("full", "shuffle"):
+        raise ValueError(f"unknown head {head!r}; valid: full, shuffle")
+    if head_width and head == "shuffle" and arch.lower() == "unet":
+        from pbf_core.networks import ShuffleHead
+
+        model = ShuffleHead(model, in_channels, classes, head_width)
+    elif head_width:
         from pbf_core.networks import FullResolutionHead
 
         model = FullResolutionHead(model, in_channels, classes, head_width)
@@ -229,6 +241,7 @@ def model_from_spec(spec: ModelSpec) -> torch.nn.Module:
         classes=spec.classes,
         decoder_channels=spec.decoder_channels,
         head_width=spec.head_width,
+        head=spec.head,
     )
 
 
@@ -271,7 +284,10 @@ def read_spec(path: str | Path) -> ModelSpec:
     if SPEC_KEY not in meta:
         raise CheckpointError(path, f"no {SPEC_KEY!r} metadata: not a pbf model checkpoint")
     try:
-        return ModelSpec.model_validate_json(meta[SPEC_KEY])
+        raw = json.loads(meta[SPEC_KEY])
+        if isinstance(raw, dict):
+            raw.setdefault("head", "full")  # written before the shuffle head existed
+        return ModelSpec.model_validate(raw)
     except ValueError as exc:
         raise CheckpointError(path, f"invalid model spec ({exc})") from None
 

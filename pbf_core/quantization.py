@@ -16,12 +16,12 @@ AVX-512 VNNI CPU): per-channel weights agree with the fp32 masks better than per
 Dice 0.991 vs 0.972); uint8 activations give the same masks as int8 ones and run about 1.5x faster
 (U8S8 hits the VNNI kernels); entropy calibration gave the same masks as MinMax at about 10x the
 calibration time, 99.999-percentile slightly worse (0.986). ONNX Runtime's int8 convolution is
-slow for the narrow full-resolution layers at the end of the decoder and in the head (per-node
-profile at 320²: a 16→8 3×3 conv took 13 ms in int8, a 1376→128 one 2 ms, 5x less than float),
-so convolutions with at most ``float_max_channels`` (8) outputs stay in float: about a quarter
-less convolution time, and better agreement. The quantized model's scores sit slightly higher
-than fp32's (mean +0.16 logit, from rounding noise rectified by the ReLUs): at the fp32
-threshold its masks grow (agreement Dice 0.965-0.975, truth Dice -0.01 to -0.02); with its own
+slow for narrow layers over many pixels (per-node profile at 320² of the earlier full-resolution
+head: a 16→8 3×3 conv took 13 ms in int8, a 1376→128 one 2 ms), which is why the default network
+(:class:`pbf_core.networks.ShuffleHead`) has no convolution at full resolution; convolutions with
+at most ``float_max_channels`` (8) outputs (there: the final 1×1 logit layer) stay in float.
+The quantized model's scores sit slightly higher than fp32's (mean +0.16 logit, from rounding
+noise rectified by the ReLUs): at the fp32 threshold its masks grow (agreement Dice 0.965-0.975, truth Dice -0.01 to -0.02); with its own
 threshold picked on validation layers they match (agreement 0.990, truth Dice within 0.004).
 
 The parity gate scores every variant's masks against the evaluation layers' labels next to the

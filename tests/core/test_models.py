@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -42,19 +43,44 @@ def test_create_model_output_shape(arch, encoder, decoder, in_channels):
     assert out.shape == (1, 1, 64, 64)
 
 
-def test_default_model_is_unet_mobilenet_v2_with_full_resolution_head():
+def test_default_model_is_unet_mobilenet_v2_with_shuffle_head():
     model = create_model()
-    assert type(model).__name__ == "FullResolutionHead"
+    assert type(model).__name__ == "ShuffleHead"
     assert type(model.base).__name__ == "Unet"
     assert "MobileNet" in type(model.encoder).__name__
     assert type(create_model(head_width=0)).__name__ == "Unet"
+    assert type(create_model(head="full")).__name__ == "FullResolutionHead"
+    with pytest.raises(ValueError, match=r"unknown head 'half'.*full, shuffle"):
+        create_model(head="half")
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_full_resolution_head_takes_decoder_features_and_input(in_channels):
-    model = create_model(in_channels=in_channels, decoder_channels=SMALL, head_width=12)
+    model = create_model(
+        in_channels=in_channels, decoder_channels=SMALL, head_width=12, head="full"
+    )
     assert model.head[0].in_channels == SMALL[-1] + in_channels
     assert model.head[-1].out_channels == 1
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_shuffle_head_sees_every_input_pixel_at_half_resolution(in_channels):
+    model = create_model(in_channels=in_channels, decoder_channels=SMALL, head_width=12).eval()
+    # decoder stops at half resolution (second-to-last width) + 2x2 blocks of input pixels
+    assert model.head[0].in_channels == SMALL[-2] + 4 * in_channels
+    assert model.head[-1].out_channels == 4
+    x = torch.rand(2, in_channels, 64, 96)
+    unshuffled = torch.nn.functional.conv2d(x, model.unshuffle, stride=2)
+    assert torch.equal(unshuffled, torch.nn.functional.pixel_unshuffle(x, 2))
+    assert "unshuffle" not in model.state_dict()  # fixed, rebuilt with the model
+    # one changed input pixel changes the logits at that pixel: full-resolution detail
+    with torch.no_grad():
+        base = model(x)
+        x2 = x.clone()
+        x2[0, 0, 31, 47] += 1.0
+        diff = (model(x2) - base)[0, 0].abs()
+    assert base.shape == (2, 1, 64, 96)
+    assert diff[31, 47] > 0
 
 
 def test_unknown_encoder_lists_valid_names():
@@ -158,6 +184,24 @@ def test_missing_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "none.safetensors")
 
 
+def test_spec_written_before_the_shuffle_head_reads_as_full_head(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = create_model(decoder_channels=SMALL, head="full", head_width=16).eval()
+    path = save_checkpoint(
+        tmp_path / "old.safetensors", model, spec_for(head="full", head_width=16)
+    )
+    old = spec_for(head="full", head_width=16).model_dump(mode="json")
+    del old["head"]  # the field did not exist yet
+    save_file(load_file(str(path)), str(path), metadata={"pbf_spec": json.dumps(old)})
+    loaded, spec = load_checkpoint(path)
+    assert spec.head == "full"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_safetensors_without_spec_is_refused(tmp_path):
     from safetensors.torch import save_file
 
@@ -167,7 +211,10 @@ def test_safetensors_without_spec_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("lie", [{"encoder": "resnet18"}, {"head_width": 0}, {"head_width": 8}])
+@pytest.mark.parametrize(
+    "lie",
+    [{"encoder": "resnet18"}, {"head_width": 0}, {"head_width": 8}, {"head": "full"}],
+)
 def test_spec_that_does_not_match_weights_is_refused(tmp_path, lie):
     path = save_checkpoint(tmp_path / "m.safetensors", small_model(), spec_for())
     from safetensors.torch import load_file, save_file
