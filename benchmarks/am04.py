@@ -9,7 +9,9 @@ instance recall whose false positives per image do not exceed the baseline's on 
 and then applied to the test images, so the test numbers are not tuned on the test set.
 
     pbf prepare ../shared/data/real/am04 .pbf/am04      # once
-    python benchmarks/am04.py --data .pbf/am04 --minutes 10 --threads 1
+    python benchmarks/am04.py --data .pbf/am04 --minutes 10
+
+The training preset is ``configs/am04.yaml`` (stratified split, type-balanced patches).
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="prepared am04 dataset")
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget")
-    ap.add_argument("--config", type=Path, help="YAML TrainConfig preset")
+    ap.add_argument(
+        "--config",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "configs" / "am04.yaml",
+        help="YAML TrainConfig preset (default: configs/am04.yaml)",
+    )
     ap.add_argument(
         "--clock",
         choices=["wall", "process"],

@@ -5,7 +5,9 @@ network almost only background and resizing a layer would erase them. Instead ea
 item is a ``patch_size`` crop of a full-resolution layer; with probability
 ``positive_fraction`` the crop is placed on a labelled defect, the defect drawn uniformly among
 all connected components of the training targets (not among pixels, which would favour large
-defects), elsewhere at a uniformly random position.
+defects) — or, with ``balance_types``, first a defect type uniformly among those present, then a
+component of that type (real builds can be dominated by one kind: dozens of incandescence spots
+beside a few holes) — elsewhere at a uniformly random position.
 
 ``torch`` and ``albumentations`` are imported inside the functions that need them.
 """
@@ -13,7 +15,7 @@ defects), elsewhere at a uniformly random position.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,18 +33,25 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def split_layers(
-    ids: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+    ids: Sequence[str],
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    strata: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
     """Split layer ids into train/val/test, deterministic for a given id set and seed.
 
     The ids are sorted before shuffling, so the split does not depend on listing order. Each
     split with a non-zero fraction gets at least one layer when there are enough layers; the
-    rest goes by rounding, the remainder to train.
+    rest goes by rounding, the remainder to train. With ``strata`` (id → group, e.g. the rarest
+    defect type in the layer) every group is split in the same proportions, so a rare kind of
+    defect cannot end up only in the test layers; the groups are dealt in turn, so the overall
+    counts stay those of the unstratified split.
 
     Args:
         ids: unique layer ids.
         fractions: train, val, test fractions summing to 1.
         seed: shuffling seed.
+        strata: optional group of each id (ids without one form their own group).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
@@ -58,7 +67,17 @@ def split_layers(
     needed = sum(f > 0 for f in fractions)
     if len(unique) < needed:
         raise ValueError(f"{len(unique)} layer(s) cannot fill {needed} non-empty splits")
-    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
+    rng = np.random.default_rng(seed)
+    order = [unique[i] for i in rng.permutation(len(unique))]
+    if strata:
+        # each group shuffled, then its members spread evenly over the whole order, so any
+        # prefix/suffix cut takes about the group's share
+        keyed = []
+        for group in sorted({strata.get(i, "") for i in unique}):
+            members = [i for i in order if strata.get(i, "") == group]
+            offset = rng.random()
+            keyed += [((k + offset) / len(members), i) for k, i in enumerate(members)]
+        order = [i for _, i in sorted(keyed)]
     n = len(order)
     n_val = max(round(fractions[1] * n), 1 if fractions[1] > 0 else 0)
     n_test = max(round(fractions[2] * n), 1 if fractions[2] > 0 else 0)
@@ -145,15 +164,35 @@ class _Blob:
     x0: int
     y1: int  # exclusive
     x1: int
+    kind: int = 0  # most frequent defect-type code under the component (0 = unknown)
 
 
-def _blobs(targets: Sequence[np.ndarray]) -> list[_Blob]:
+def _blobs(
+    targets: Sequence[np.ndarray], types: Sequence[np.ndarray | None] | None = None
+) -> list[_Blob]:
     blobs = []
     for i, t in enumerate(targets):
-        _, _, stats, _ = cv2.connectedComponentsWithStats(t.astype(np.uint8), connectivity=8)
-        for x, y, w, h, _area in stats[1:]:
-            blobs.append(_Blob(i, int(y), int(x), int(y + h), int(x + w)))
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(t.astype(np.uint8), connectivity=8)
+        codes = types[i] if types is not None else None
+        for k, (x, y, w, h, _area) in enumerate(stats[1:], start=1):
+            kind = 0
+            if codes is not None:
+                window = labels[y : y + h, x : x + w] == k
+                under = codes[y : y + h, x : x + w][window]
+                under = under[under > 0]
+                kind = int(np.bincount(under).argmax()) if under.size else 0
+            blobs.append(_Blob(i, int(y), int(x), int(y + h), int(x + w), kind))
     return blobs
+
+
+def stratum_of(sample: Sample, rarity: Mapping[int, int]) -> str:
+    """Split group of a layer: its rarest defect-type code (by ``rarity``), or ``none``."""
+    if sample.types is None:
+        return "none"
+    present = [int(c) for c in np.unique(sample.types) if c > 0]
+    if not present:
+        return "none"
+    return str(min(present, key=lambda c: (rarity.get(c, 0), c)))
 
 
 class PatchDataset:
@@ -170,6 +209,8 @@ class PatchDataset:
         positive_fraction: probability that a crop is placed on a defect.
         augment: albumentations pipeline (see :func:`build_augmentation`) or None.
         seed: base seed.
+        types: optional ``(H, W)`` defect-type code maps (0 = none), one per image.
+        balance_types: with ``types``, a positive crop picks a defect type uniformly first.
 
     Items:
         ``image`` ``(C, patch, patch)`` float32 tensor, ``target`` ``(1, patch, patch)`` float32.
@@ -184,6 +225,8 @@ class PatchDataset:
         positive_fraction: float = 0.6,
         augment: Any = None,
         seed: int = 0,
+        types: Sequence[np.ndarray | None] | None = None,
+        balance_types: bool = False,
     ) -> None:
         if not images or len(images) != len(targets):
             raise ValueError(
@@ -200,7 +243,16 @@ class PatchDataset:
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.blobs = _blobs(self.targets)
+        if types is not None:
+            types = [None if c is None else self._pad(c[None], patch_size)[0] for c in types]
+        self.blobs = _blobs(self.targets, types)
+        kinds = sorted({b.kind for b in self.blobs})
+        # positive crops draw a group uniformly, then a component in it
+        self.groups = (
+            [[b for b in self.blobs if b.kind == k] for k in kinds]
+            if balance_types and types is not None
+            else [self.blobs]
+        )
 
     @staticmethod
     def _pad(x: np.ndarray, size: int) -> np.ndarray:
@@ -219,7 +271,8 @@ class PatchDataset:
     def _origin(self, rng: np.random.Generator) -> tuple[int, int, int]:
         p = self.patch_size
         if self.blobs and rng.random() < self.positive_fraction:
-            b = self.blobs[rng.integers(len(self.blobs))]
+            group = self.groups[rng.integers(len(self.groups))]
+            b = group[rng.integers(len(group))]
             _, h, w = self.images[b.layer].shape
             y, x = rng.integers(b.y0, b.y1), rng.integers(b.x0, b.x1)
             # the defect pixel lands anywhere in the patch, not always in the centre

@@ -15,6 +15,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from pbf_core.patches import (
     data_digest,
     load_samples,
     split_layers,
+    stratum_of,
     target_of,
 )
 
@@ -394,9 +396,15 @@ def setup_training(data: str | Path, cfg: TrainConfig) -> TrainingSetup:
         entries = [e for e in entries if e.truth]
         if not entries:
             raise DatasetError(root, "labels=truth but no layer has a true mask; use labels=weak")
-    by_id = {e.id: e for e in entries}
-    split = split_layers(list(by_id), cfg.split, cfg.seed)
-    samples = {name: load_samples(root, [by_id[i] for i in ids]) for name, ids in split.items()}
+    loaded = {s.id: s for s in load_samples(root, entries)}
+    strata = None
+    if cfg.stratify:
+        counts = Counter(
+            int(c) for s in loaded.values() if s.types is not None for c in np.unique(s.types)
+        )
+        strata = {i: stratum_of(s, counts) for i, s in loaded.items()}
+    split = split_layers(list(loaded), cfg.split, cfg.seed, strata)
+    samples = {name: [loaded[i] for i in ids] for name, ids in split.items()}
     patches = PatchDataset(
         [s.image for s in samples["train"]],
         [target_of(s, cfg.labels) for s in samples["train"]],
@@ -405,6 +413,8 @@ def setup_training(data: str | Path, cfg: TrainConfig) -> TrainingSetup:
         cfg.positive_fraction,
         build_augmentation(cfg.augment, cfg.seed),
         cfg.seed,
+        types=[s.types for s in samples["train"]],
+        balance_types=cfg.balance_types,
     )
     loader = DataLoader(
         patches,
@@ -426,6 +436,7 @@ def setup_training(data: str | Path, cfg: TrainConfig) -> TrainingSetup:
         m.encoder_weights,
         m.decoder_channels,
         m.head_width,
+        m.head,
     )
     return TrainingSetup(root, manifest, split, samples, loader, val, model)
 
@@ -482,6 +493,7 @@ def finish_training(setup: TrainingSetup, history: History, cfg: TrainConfig) ->
         encoder=m.encoder,
         in_channels=manifest.channels,
         decoder_channels=m.decoder_channels,
+        head=m.head,
         head_width=m.head_width,
         views=manifest.views,
         normalization=prep.normalization,

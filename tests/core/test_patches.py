@@ -12,6 +12,7 @@ from pbf_core.patches import (
     PatchDataset,
     build_augmentation,
     split_layers,
+    stratum_of,
     target_of,
 )
 
@@ -107,6 +108,55 @@ def test_augmentation_keeps_shapes_range_and_binary_masks(channels):
         assert item["image"].shape == (channels, 64, 64)
         assert float(item["image"].min()) >= 0 and float(item["image"].max()) <= 1
         assert set(np.unique(item["target"].numpy())) <= {0.0, 1.0}
+
+
+def test_stratified_split_spreads_a_rare_group_over_every_split():
+    strata = {i: ("rare" if k < 6 else "common") for k, i in enumerate(IDS)}
+    for seed in range(10):
+        split = split_layers(IDS, (0.6, 0.2, 0.2), seed=seed, strata=strata)
+        assert sorted(i for ids in split.values() for i in ids) == IDS
+        assert [len(v) for v in split.values()] == [12, 4, 4]  # overall counts kept
+        rare = {name: sum(strata[i] == "rare" for i in ids) for name, ids in split.items()}
+        assert rare["train"] >= 2 and rare["val"] >= 1 and rare["test"] >= 1, rare
+    assert split_layers(IDS, seed=3, strata=strata) == split_layers(IDS, seed=3, strata=strata)
+
+
+def test_stratum_is_the_rarest_defect_type_of_a_layer():
+    def sample(codes):
+        types = np.zeros((4, 4), np.uint8)
+        types.flat[: len(codes)] = codes
+        return Sample("x", np.zeros((1, 4, 4), np.float32), types > 0, types > 0, types)
+
+    rarity = {1: 80, 2: 5, 3: 40}
+    assert stratum_of(sample([1, 3]), rarity) == "3"
+    assert stratum_of(sample([1, 2, 3]), rarity) == "2"
+    assert stratum_of(sample([]), rarity) == "none"
+    no_types = Sample("x", np.zeros((1, 4, 4), np.float32), np.zeros((4, 4), bool), None, None)
+    assert stratum_of(no_types, rarity) == "none"
+
+
+def test_balanced_types_place_rare_defects_as_often_as_common_ones():
+    image = np.zeros((1, 256, 256), np.float32)
+    target = np.zeros((256, 256), bool)
+    types = np.zeros((256, 256), np.uint8)
+    for k in range(9):  # nine common defects (type 1) on the left, one rare (type 2) far right
+        target[10 + 25 * k : 14 + 25 * k, 10:14] = True
+        types[10 + 25 * k : 14 + 25 * k, 10:14] = 1
+    target[120:124, 240:244] = True
+    types[120:124, 240:244] = 2
+
+    def rare_share(balance: bool) -> float:
+        ds = PatchDataset(
+            [image], [target], 16, 400, positive_fraction=1.0,
+            types=[types], balance_types=balance,
+        )  # fmt: skip
+        item = ds[0]
+        assert item["target"].any()  # every crop holds a defect (positive_fraction 1)
+        # crop origins: the rare defect is the only one right of x = 200
+        return np.mean([ds._origin(np.random.default_rng(i))[2] > 200 for i in range(400)])
+
+    assert 0.05 < rare_share(False) < 0.2  # one component in ten
+    assert 0.4 < rare_share(True) < 0.6  # one type in two
 
 
 def test_patch_dataset_bad_input():
