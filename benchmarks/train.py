@@ -194,8 +194,12 @@ def _markdown(r: dict) -> str:
         f"recall >= {target['pixel_recall']}, pixel Dice >= {target['pixel_dice']}.",
         f"Training time is measured on the `{r['budget_clock']}` clock "
         "(`process` = CPU seconds of the training process, i.e. the wall time of an idle core).",
-        f"Load average at start/end: {r['machine']['load_avg_start']} / "
-        f"{r['machine']['load_avg_end']} (other jobs shared the cores).",
+        "Load average (1, 5, 15 min) at start / end: "
+        + " / ".join(
+            ", ".join(f"{v:.2f}" for v in r["machine"][k])
+            for k in ("load_avg_start", "load_avg_end")
+        )
+        + f" on {r['machine']['cpus']} cores (above the core count: other jobs shared them).",
         "",
         f"- time to target: **{r['time_to_target_s']} s** of training"
         if r["reached"]
