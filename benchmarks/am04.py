@@ -208,6 +208,28 @@ def _markdown(r: dict) -> str:
             lines.append(
                 f"| model at <= `{method}` FP | {cells(c['test_model']['per_type'] or {})} |"
             )
+    lines += [
+        "",
+        "The model's whole test curve against each baseline's operating point (thresholds of the "
+        "scan where the model has no more false positives per image than the baseline on the "
+        "test images; a curve comparison, not a threshold choice):",
+        "",
+    ]
+    for method in r["at_baseline_false_positives"]:
+        b = r["baselines"][method]["test"]
+        fp = b["false_positives_per_image"]
+        ok = [p for p in r["test_instance_curve"] if p["false_positives_per_image"] <= fp]
+        if not ok:
+            lines.append(f"- `{method}` ({fp:.2f} FP/image): no threshold has as few")
+            continue
+        rec = [p["instance_recall"] for p in ok]
+        lines.append(
+            f"- `{method}` (instance recall {b['instance_recall']:.3f} at {fp:.2f} FP/image): "
+            f"{len(ok)} thresholds from {min(p['threshold'] for p in ok)}, model instance recall "
+            f"{min(rec):.3f}-{max(rec):.3f} at "
+            f"{min(p['false_positives_per_image'] for p in ok):.2f}-"
+            f"{max(p['false_positives_per_image'] for p in ok):.2f} FP/image"
+        )
     return "\n".join(lines) + "\n"
 
 

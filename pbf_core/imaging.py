@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -153,6 +153,12 @@ def normalize(
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
     """
+    if method == "percentile" and arr.dtype in (np.uint8, np.uint16) and arr.size:
+        lo, hi = integer_percentiles(arr, (low, high))
+        x = arr.astype(np.float32)
+        if hi - lo <= 1e-6:
+            return np.zeros_like(x)
+        return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
     x = arr.astype(np.float32)
     if method == "fullscale":
         scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0
@@ -166,6 +172,28 @@ def normalize(
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+def integer_percentiles(arr: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:
+    """``np.percentile(arr, q)`` (linear method) of a uint8/uint16 array from its histogram.
+
+    Gives the same values as :func:`numpy.percentile` — the order statistics are read from the
+    cumulative histogram and interpolated with NumPy's formula — in a fraction of the time (no
+    sort or partition of the pixels): it is on the path of every served request.
+    """
+    cum = np.cumsum(np.bincount(arr.ravel(), minlength=int(arr.max()) + 1))
+    n = int(cum[-1])
+    out = []
+    for frac in np.true_divide(np.asarray(q, dtype=np.float64), 100):
+        virtual = frac * (n - 1)
+        below = int(np.floor(virtual))
+        above = min(below + 1, n - 1)
+        # sorted[k] = the smallest value v with more than k pixels <= v
+        a, b = (float(np.searchsorted(cum, k, side="right")) for k in (below, above))
+        t = virtual - below
+        diff = b - a
+        out.append(b - diff * (1 - t) if t >= 0.5 else a + diff * t)
+    return tuple(out)
 
 
 def stack_layers(images: Mapping[str, np.ndarray], layer_id: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from PIL import Image
 from pbf_core.errors import ImageReadError, LayerSetError
 from pbf_core.imaging import (
     decode_image,
+    integer_percentiles,
     normalize,
     read_image,
     read_layer,
@@ -116,6 +117,22 @@ def test_normalize_uses_16_bit_range(gradient16, method):
     assert x.min() >= 0.0 and x.max() <= 1.0
     # an 8-bit clip would make every pixel above 255 identical; here they stay distinct
     assert len(np.unique(x)) > 1000
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_percentiles_equal_numpy(dtype):
+    rng = np.random.default_rng(7)
+    top = np.iinfo(dtype).max + 1
+    for trial in range(60):
+        shape = tuple(int(v) for v in rng.integers(1, 70, size=1 + trial % 3))
+        arr = rng.integers(0, top if trial % 2 else 40, size=shape).astype(dtype)
+        q = (float(rng.uniform(0, 5)), 50.0, float(rng.uniform(95, 100)))
+        expected = np.percentile(arr.astype(np.float32), q)
+        assert integer_percentiles(arr, q) == tuple(float(v) for v in expected)
+        lo, hi = expected[0], expected[2]
+        if hi - lo > 1e-6:  # the histogram path gives the float path's exact output
+            ref = np.clip((arr.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+            assert np.array_equal(normalize(arr, "percentile", q[0], q[2]), ref)
 
 
 def test_normalize_constant_is_zero_and_unknown_method_raises():
