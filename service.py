@@ -21,9 +21,14 @@ Settings (environment):
 - ``PBF_SERVE_MODEL`` (BentoML tag, default ``pbf-defect-segmenter:latest``), ``PBF_SERVE_ALIAS``
   (default ``champion``).
 - ``PBF_SERVE_MAX_UPLOAD_MB`` (per file), ``PBF_SERVE_MAX_PIXELS`` (per image).
-- ``PBF_SERVE_THREADS`` (ONNX Runtime threads, 0 = one per core), ``PBF_SERVE_MAX_BATCH_TILES``,
-  ``PBF_SERVE_MAX_LATENCY_MS`` (adaptive batching), ``PBF_SERVE_TILES_PER_CALL``,
-  ``PBF_SERVE_WORKERS`` and ``PBF_SERVE_INFERENCE_WORKERS`` (processes of each service).
+- ``PBF_SERVE_THREADS`` (ONNX Runtime threads per inference worker, default 1; 0 = one per core),
+  ``PBF_SERVE_INFERENCE_WORKERS`` (inference processes, default 0 = one per core),
+  ``PBF_SERVE_MAX_BATCH_TILES``, ``PBF_SERVE_MAX_LATENCY_MS`` (adaptive batching),
+  ``PBF_SERVE_TILES_PER_CALL``, ``PBF_SERVE_WORKERS`` (entry processes). One single-threaded
+  inference worker per core served 12 % more requests per second at concurrency 8 than one
+  worker with a thread per core (2 cores: no thread barrier stalls while the entry process
+  decodes and renders beside it); one request alone then runs on one core, so for the lowest
+  latency of single requests use ``PBF_SERVE_INFERENCE_WORKERS=1 PBF_SERVE_THREADS=0``.
 """
 
 from __future__ import annotations
@@ -89,12 +94,12 @@ class ServeSettings(BaseSettings):
     alias: str = "champion"
     max_upload_mb: float = 48.0
     max_pixels: int = 36_000_000
-    threads: int = 0
+    threads: int = 1
     max_batch_tiles: int = 32
     max_latency_ms: int = 60_000
     tiles_per_call: int = 16
     workers: int = 1
-    inference_workers: int = 1
+    inference_workers: int = 0
 
 
 SETTINGS = ServeSettings()
@@ -261,7 +266,7 @@ def _bento_model() -> bentoml.models.BentoModel | None:
 
 @bentoml.service(
     name="pbf_tile_inference",
-    workers=SETTINGS.inference_workers,
+    workers=SETTINGS.inference_workers or "cpu_count",
     threads=1,
     traffic={"timeout": 600},
     # BentoML renews its client session to this service every `max_requests` calls and closes the
