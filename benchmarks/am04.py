@@ -11,7 +11,7 @@ and then applied to the test images, so the test numbers are not tuned on the te
     pbf prepare ../shared/data/real/am04 .pbf/am04      # once
     python benchmarks/am04.py --data .pbf/am04 --minutes 10
 
-The training preset is ``configs/am04.yaml`` (stratified split, type-balanced patches).
+The training preset is ``configs/train/am04.yaml`` (stratified split, type-balanced patches).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def main() -> int:
     ap.add_argument(
         "--config",
         type=Path,
-        default=Path(__file__).resolve().parent.parent / "configs" / "am04.yaml",
-        help="YAML TrainConfig preset (default: configs/am04.yaml)",
+        default=Path(__file__).resolve().parent.parent / "configs" / "train" / "am04.yaml",
+        help="YAML TrainConfig preset (default: configs/train/am04.yaml)",
     )
     ap.add_argument(
         "--clock",

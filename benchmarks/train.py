@@ -10,7 +10,7 @@ The per-epoch test scoring is not counted in the training time (``fit`` excludes
 spent in its callback); the validation pass that picks the threshold is.
 
     python benchmarks/train.py --labels weak --minutes 10
-    python benchmarks/train.py --labels truth --minutes 10 --config configs/train-cpu.yaml
+    python benchmarks/train.py --labels truth --minutes 10 --config configs/train/cpu-10min.yaml
 """
 
 from __future__ import annotations

@@ -61,6 +61,16 @@ def test_presets_load(preset):
     assert cfg.data.raw is None  # presets run offline on a synthetic build
 
 
+@pytest.mark.parametrize(
+    "preset", sorted((REPO / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_training_presets_load(preset):
+    from pbf_core.config import TrainConfig
+
+    cfg = load_config(preset, TrainConfig)
+    assert cfg.epochs >= 1
+
+
 def test_bad_preset_names_the_field(tmp_path):
     from pbf_core.config import ConfigError
 
