@@ -47,6 +47,7 @@ def main() -> int:
         help="budget clock: wall time, or CPU time of this process (on a shared machine)",
     )
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--seed", type=int, help="split and training seed (default: the preset's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default=None, help="result file stem")
     args = ap.parse_args()
@@ -67,6 +68,7 @@ def main() -> int:
         device=args.device,
         threads=args.threads,
         budget_clock=args.clock,
+        seed=args.seed,
     )
     setup = setup_training(args.data, cfg)
     t0 = time.perf_counter()
