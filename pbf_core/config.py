@@ -372,6 +372,11 @@ class PromotionConfig(_Frozen):
         0.0, ge=0, le=1, description="the candidate must be better than the champion by more"
     )
     require_parity: bool = Field(True, description="the int8 variant must pass its parity gate")
+    floor: float | None = Field(
+        None,
+        description="absolute bar on the metric (a ceiling for false_positives_per_image): a "
+        "candidate that misses it is never promoted, not even the first one",
+    )
 
 
 class DataConfig(_Frozen):

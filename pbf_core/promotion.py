@@ -92,7 +92,8 @@ def decide(
 
     "Beats" means better than the champion by more than ``cfg.margin`` on the configured metric,
     both measured on the same evaluation layers; a tie never replaces the champion. Without a
-    champion, the first candidate passing parity is promoted.
+    champion, the first candidate passing parity is promoted. A candidate missing ``cfg.floor``
+    (when set) is never promoted.
 
     Args:
         candidate: the new model's scores.
@@ -112,6 +113,12 @@ def decide(
     if cfg.require_parity and not parity_passed:
         detail = f": {parity_reason}" if parity_reason else ""
         return Decision(False, f"int8 variant failed the parity gate{detail}", key, cand)
+    lower = cfg.metric in LOWER_IS_BETTER
+    if cfg.floor is not None and (cand > cfg.floor if lower else cand < cfg.floor):
+        bound = "above the ceiling" if lower else "below the floor"
+        return Decision(
+            False, f"{candidate.name} {key} = {cand:.4f} is {bound} {cfg.floor}", key, cand
+        )
     if champion is None:
         return Decision(True, f"no champion yet; {candidate.name} {key} = {cand:.4f}", key, cand)
     champ = _value(champion, key)
@@ -124,7 +131,6 @@ def decide(
             cand,
             champ,
         )
-    lower = cfg.metric in LOWER_IS_BETTER
     gain = champ - cand if lower else cand - champ
     better = "lower" if lower else "higher"
     comparison = (

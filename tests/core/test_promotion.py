@@ -59,6 +59,22 @@ def test_different_evaluation_sets_are_not_comparable():
     assert not d.promote and "not comparable" in d.reason
 
 
+@pytest.mark.parametrize("champion", [None, "weak champion"])
+def test_floor_blocks_a_candidate_below_it_even_the_first(champion):
+    cfg = PromotionConfig(floor=0.8)
+    current = scores(0.3, name="champion v1") if champion else None
+    d = decide(scores(0.79), current, cfg, parity_passed=True)
+    assert not d.promote and "below the floor 0.8" in d.reason
+    assert decide(scores(0.81), current, cfg, parity_passed=True).promote
+
+
+def test_ceiling_for_a_lower_is_better_metric():
+    cfg = PromotionConfig(metric="false_positives_per_image", floor=2.0)
+    d = decide(scores(0.5, fp=2.5), None, cfg, parity_passed=True)
+    assert not d.promote and "above the ceiling 2.0" in d.reason
+    assert decide(scores(0.5, fp=1.5), None, cfg, parity_passed=True).promote
+
+
 def test_lower_is_better_metric():
     cfg = PromotionConfig(metric="false_positives_per_image")
     assert decide(scores(0.5, fp=0.5), scores(0.5, fp=2.0), cfg, parity_passed=True).promote
