@@ -37,6 +37,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
+
+from pbf_core.processes import ServerStartError, free_port, stop_tree, wait_ready  # noqa: E402
+
 STARTUP_S = 300
 
 
@@ -97,49 +100,15 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.Popen:
-    import httpx
-
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    _stop(proc)
-    raise RuntimeError(f"not ready after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    import psutil
-
     try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        child.kill()
+        wait_ready(ready_url, proc, log, STARTUP_S)
+    except ServerStartError:
+        stop_tree(proc)
+        raise
+    return proc
 
 
 def _shoot(
@@ -314,7 +283,7 @@ def main() -> None:
         pids: dict[str, int] = {}
         try:
             if not args.skip_naive:
-                port = _free_port()
+                port = free_port()
                 cmd = [str(Path(sys.executable).with_name("uvicorn")), "--app-dir", "benchmarks"]
                 cmd += ["naive_app:app", "--host", "127.0.0.1", "--port", str(port)]
                 cmd += ["--workers", "1", "--log-level", "warning"]
@@ -324,7 +293,7 @@ def main() -> None:
                 urls["naive-fp32-torch"] = f"{base}/segment"
                 pids["naive-fp32-torch"] = procs[-1].pid
             for variant in args.variants:
-                port = _free_port()
+                port = free_port()
                 cmd = [str(Path(sys.executable).with_name("bentoml")), "serve"]
                 cmd += ["service:DefectService", "--host", "127.0.0.1", "--port", str(port)]
                 env = _env(BENTOML_HOME=str(home), PBF_SERVE_VARIANT=variant)
@@ -335,7 +304,7 @@ def main() -> None:
             measured = measure(urls, pids, bodies, args)
         finally:
             for proc in procs:
-                _stop(proc)
+                stop_tree(proc)
         targets = [{"name": name, "results": rows} for name, rows in measured.items()]
 
     naive = next((t for t in targets if t["name"] == "naive-fp32-torch"), None)

@@ -153,17 +153,13 @@ def normalize(
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
     """
-    if method == "percentile" and arr.dtype in (np.uint8, np.uint16) and arr.size:
-        lo, hi = integer_percentiles(arr, (low, high))
-        x = arr.astype(np.float32)
-        if hi - lo <= 1e-6:
-            return np.zeros_like(x)
-        return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
     x = arr.astype(np.float32)
     if method == "fullscale":
         scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0
         return np.clip(x / scale, 0.0, 1.0)
-    if method == "percentile":
+    if method == "percentile" and arr.dtype in (np.uint8, np.uint16) and arr.size:
+        lo, hi = integer_percentiles(arr, (low, high))  # same values, no sort
+    elif method == "percentile":
         lo, hi = np.percentile(x, [low, high])
     elif method == "minmax":
         lo, hi = float(x.min()), float(x.max())
@@ -181,7 +177,7 @@ def integer_percentiles(arr: np.ndarray, q: Sequence[float]) -> tuple[float, ...
     cumulative histogram and interpolated with NumPy's formula — in a fraction of the time (no
     sort or partition of the pixels): it is on the path of every served request.
     """
-    cum = np.cumsum(np.bincount(arr.ravel(), minlength=int(arr.max()) + 1))
+    cum = np.cumsum(np.bincount(arr.ravel()))
     n = int(cum[-1])
     out = []
     for frac in np.true_divide(np.asarray(q, dtype=np.float64), 100):

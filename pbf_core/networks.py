@@ -11,7 +11,20 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
 
-class FullResolutionHead(nn.Module):
+class _WithHead(nn.Module):
+    """An smp model (``base``) whose segmentation head is replaced by our own ``head``."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        base.segmentation_head = nn.Identity()
+        self.base = base
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.base.encoder
+
+
+class FullResolutionHead(_WithHead):
     """An smp model whose output head also sees the input pixels at full resolution.
 
     Every smp encoder starts with a stride-2 stage and the U-Net decoder has no skip connection
@@ -28,19 +41,13 @@ class FullResolutionHead(nn.Module):
     """
 
     def __init__(self, base: nn.Module, in_channels: int, classes: int, width: int) -> None:
-        super().__init__()
         decoder_out = base.segmentation_head[0].in_channels
-        base.segmentation_head = nn.Identity()
-        self.base = base
+        super().__init__(base)
         self.head = nn.Sequential(
             *_conv_bn_relu(decoder_out + in_channels, width),
             *_conv_bn_relu(width, width),
             nn.Conv2d(width, classes, 1),
         )
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.base.encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` → logits ``(N, classes, H, W)``; H, W multiples of 32."""
@@ -57,7 +64,7 @@ class _Passthrough(nn.Module):
         return x
 
 
-class ShuffleHead(nn.Module):
+class ShuffleHead(_WithHead):
     """A U-Net whose full-resolution stage runs at half resolution on pixel-unshuffled input.
 
     :class:`FullResolutionHead` keeps pixel-exact detail but spends most of an int8 model's time
@@ -78,12 +85,10 @@ class ShuffleHead(nn.Module):
     """
 
     def __init__(self, base: nn.Module, in_channels: int, classes: int, width: int) -> None:
-        super().__init__()
         blocks = base.decoder.blocks
         decoder_out = blocks[-2].conv2[0].out_channels
         blocks[-1] = _Passthrough()
-        base.segmentation_head = nn.Identity()
-        self.base = base
+        super().__init__(base)
         # pixel unshuffle as a fixed one-hot 2×2 stride-2 convolution: exported as one Conv that
         # ONNX Runtime quantizes with the rest, instead of a slow 6-D float Transpose
         unshuffle = torch.zeros(4 * in_channels, in_channels, 2, 2)
@@ -96,10 +101,6 @@ class ShuffleHead(nn.Module):
             *_conv_bn_relu(width, width),
             nn.Conv2d(width, 4 * classes, 1),
         )
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.base.encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` → logits ``(N, classes, H, W)``; H, W multiples of 32."""

@@ -9,40 +9,25 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pbf_core.processes import ServerStartError, free_port, wait_ready
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    """Poll ``url`` until it answers 200; fail with the server's log if it dies or times out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not up after {timeout_s} s:\n{log.read_text()[-3000:]}")
+    """Poll ``url`` until it answers 200; fail the test with the server's log otherwise."""
+    try:
+        wait_ready(url, proc, log, timeout_s)
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
 
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:

@@ -6,14 +6,14 @@ its metadata), static int8 quantization and ``python -m flows.cli package``, lik
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from service_support import REPO, bentoml_env, export_tiny_pair, free_port
+from service_support import REPO, bentoml_env, export_tiny_pair
+
+from pbf_core.processes import free_port, stop_tree, wait_ready
 
 #: Small limits, so the size tests need small files: 1 MiB per file, 300k pixels per image.
 SERVER_ENV = {"PBF_SERVE_MAX_UPLOAD_MB": "1", "PBF_SERVE_MAX_PIXELS": "300000"}
@@ -35,39 +35,9 @@ def bentoml_home(tmp_path_factory) -> Path:
     return home
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, probe: str = "/readyz") -> None:
-    import httpx
-
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"bentoml serve not ready after {STARTUP_S} s:\n{log.read_text()[-4000:]}")
-
-
 def stop(proc: subprocess.Popen) -> None:
     """Stop ``bentoml serve`` and its workers (circus gives each worker its own process group)."""
-    import psutil
-
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        child.kill()
+    stop_tree(proc)
 
 
 def start_server(
@@ -83,7 +53,7 @@ def start_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc, log, probe)
+        wait_ready(f"{url}{probe}", proc, log, STARTUP_S)
     except BaseException:
         stop(proc)
         raise

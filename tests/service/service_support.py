@@ -7,7 +7,6 @@ after the spec's percentile normalisation a bright square is a defect and a flat
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +82,6 @@ def triplet_files(spot=(30, 40, 20), size=(96, 128)) -> dict[str, tuple[str, byt
         v: (f"L0001{v}.png", png_bytes(layer(size, spot, seed=i)), "image/png")
         for i, v in enumerate("abc")
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bentoml_env(home: Path, **extra: str) -> dict[str, str]:

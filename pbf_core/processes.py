@@ -1,0 +1,71 @@
+"""Server child processes: a free local port, waiting until one answers, stopping it with its workers.
+
+Shared by the benchmarks and the tests that start real servers (``bentoml serve``, ``mlflow
+server``, ``prefect server``, uvicorn); nothing here knows which server it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+class ServerStartError(RuntimeError):
+    """A server exited or did not answer in time; the message ends with its log's tail."""
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Poll ``url`` until it answers 200.
+
+    Raises:
+        ServerStartError: ``proc`` exited first, or ``timeout_s`` passed; with ``log``'s tail.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(
+                f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:  # refused, reset, timeout, or an HTTP error status
+            pass
+        time.sleep(0.5)
+    raise ServerStartError(f"{url} not up after {timeout_s:g} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_tree(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Terminate ``proc`` and every process below it (servers run workers in their own groups)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    # workers the server did not take down with it: ask, then force
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+    psutil.wait_procs(alive, timeout=5)
