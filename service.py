@@ -1,13 +1,21 @@
 """BentoML service: uploaded layer → defect mask, components and overlay, plus the web page.
 
-``bentoml serve service:DefectService`` starts two BentoML services, BentoML's pattern for
-adaptive batching across requests:
+``bentoml serve service:DefectService`` starts :class:`DefectService` (the entry point): it
+checks and decodes uploads, normalises and tiles the layer as the model's metadata says, runs the
+ONNX model on the tiles, stitches the tile probabilities, finds the components and renders the
+overlay; it serves the page at ``/``.
 
-- :class:`DefectService` (the entry point): checks and decodes uploads, normalises and tiles the
-  layer as the model's metadata says, stitches the tile probabilities, finds the components and
-  renders the overlay; serves the page at ``/``.
-- :class:`TileInference`: owns the ONNX model. Its ``infer`` is batchable, so the tiles of
-  concurrent requests are merged into one ONNX Runtime call.
+Where the model runs (``PBF_SERVE_BATCHING``):
+
+- off (default): in each entry process (one per core, one ONNX Runtime thread each). On CPU,
+  batching buys nothing: the int8 model's cost per tile is flat from 1 to 36 tiles per run
+  (7.3 → 8.3 ms for 256² tiles, 2-core EPYC), while handing tiles to another process cost ~40
+  CPU-ms of a ~135 CPU-ms request (serialising 9 float32 tiles each way, HTTP, a second process
+  per core). In process the service answered ~25 % more requests per second at concurrency 8.
+- on: BentoML's adaptive batching. :class:`TileInference` owns the model in its own processes
+  and its ``infer`` is batchable, so the tiles of concurrent requests are merged into one ONNX
+  Runtime call, and inference is sized apart from request handling. Big batches pay on
+  accelerators; the sessions here use ONNX Runtime's CPU provider.
 
 Every number that shapes a prediction (views, normalisation, tile size and overlap, decision
 threshold) comes from the model's metadata; nothing here is a model constant.
@@ -21,14 +29,17 @@ Settings (environment):
 - ``PBF_SERVE_MODEL`` (BentoML tag, default ``pbf-defect-segmenter:latest``), ``PBF_SERVE_ALIAS``
   (default ``champion``).
 - ``PBF_SERVE_MAX_UPLOAD_MB`` (per file), ``PBF_SERVE_MAX_PIXELS`` (per image).
-- ``PBF_SERVE_THREADS`` (ONNX Runtime threads per inference worker, default 1; 0 = one per core),
-  ``PBF_SERVE_INFERENCE_WORKERS`` (inference processes, default 0 = one per core),
-  ``PBF_SERVE_MAX_BATCH_TILES``, ``PBF_SERVE_MAX_LATENCY_MS`` (adaptive batching),
-  ``PBF_SERVE_TILES_PER_CALL``, ``PBF_SERVE_WORKERS`` (entry processes). One single-threaded
-  inference worker per core served 12 % more requests per second at concurrency 8 than one
-  worker with a thread per core (2 cores: no thread barrier stalls while the entry process
-  decodes and renders beside it); one request alone then runs on one core, so for the lowest
-  latency of single requests use ``PBF_SERVE_INFERENCE_WORKERS=1 PBF_SERVE_THREADS=0``.
+- ``PBF_SERVE_HEAP_KEEP_MB`` (freed memory each process keeps for the next request, default 256;
+  0 = the C library's default, see :func:`keep_freed_memory`).
+- ``PBF_SERVE_WORKERS`` (entry processes; default 0 = one per core, or 1 with batching),
+  ``PBF_SERVE_THREADS`` (ONNX Runtime threads per model process, default 1; 0 = one per core),
+  ``PBF_SERVE_TILES_PER_CALL`` (default 0 = 3 in process, 16 with batching).
+- With batching: ``PBF_SERVE_INFERENCE_WORKERS`` (inference processes, default 0 = one per core),
+  ``PBF_SERVE_MAX_BATCH_TILES``, ``PBF_SERVE_MAX_LATENCY_MS``.
+
+One single-threaded model per core serves the most requests per second; one request alone then
+runs on one core, so for the lowest latency of single requests use ``PBF_SERVE_WORKERS=1
+PBF_SERVE_THREADS=0``.
 """
 
 from __future__ import annotations
@@ -97,12 +108,47 @@ class ServeSettings(BaseSettings):
     threads: int = 1
     max_batch_tiles: int = 32
     max_latency_ms: int = 60_000
-    tiles_per_call: int = 16
-    workers: int = 1
+    tiles_per_call: int = 0
+    workers: int = 0
     inference_workers: int = 0
+    batching: bool = False
+    heap_keep_mb: int = 256
+
+    @property
+    def tiles_per_inference(self) -> int:
+        """Tiles per model call: set, or 3 in process (ORT's int8 CPU cost per tile grows ~8 %
+        from 3 to 9 tiles per run, cache) and 16 to the batching service (fewer hops)."""
+        return self.tiles_per_call or (16 if self.batching else 3)
 
 
 SETTINGS = ServeSettings()
+
+
+def keep_freed_memory(keep_mb: int) -> bool:
+    """Let glibc keep up to ``keep_mb`` MiB of freed memory instead of returning it at once.
+
+    Each request allocates dozens of 0.3-7 MB arrays (decoded views, tiles, probabilities,
+    overlay). glibc maps arrays that big afresh and unmaps them on free, so every request paid
+    kernel page faults to zero new pages: ~5 of ~105 CPU-ms per 512² request, 1-2 with this.
+    Allocations up to 64 MiB then come from the heap; the heap keeps at most ``keep_mb`` freed.
+    No-op (False) on other C libraries or with ``keep_mb`` 0.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if keep_mb <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mmap_bytes = min(64, keep_mb) * 1024**2
+    return bool(
+        libc.mallopt(m_mmap_threshold, mmap_bytes)
+        and libc.mallopt(m_trim_threshold, keep_mb * 1024**2)
+    )
+
+
+keep_freed_memory(SETTINGS.heap_keep_mb)
 
 
 class ModelNotReadyError(RuntimeError):
@@ -264,19 +310,13 @@ def _bento_model() -> bentoml.models.BentoModel | None:
     return bentoml.models.BentoModel(SETTINGS.model)
 
 
-@bentoml.service(
-    name="pbf_tile_inference",
-    workers=SETTINGS.inference_workers or "cpu_count",
-    threads=1,
-    traffic={"timeout": 600},
-    # BentoML renews its client session to this service every `max_requests` calls and closes the
-    # old one under the calls still using it (500s under load); renew rarely, retry the rest.
-    runner_connection={"max_requests": 1_000_000, "max_age": 86_400.0},
-)
-class TileInference:
-    """Runs the ONNX model on tiles; concurrent requests' tiles are batched together."""
+class ModelRunner:
+    """The served ONNX model inside one process, loaded in the background.
 
-    model_ref = _bento_model()
+    Request threads call :meth:`infer` concurrently (ONNX Runtime sessions are thread-safe and
+    release the GIL); serialising them behind a lock left cores idle (about 6 % fewer requests
+    per second at concurrency 8 on 2 cores).
+    """
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="pbf-serve-")
@@ -293,17 +333,48 @@ class TileInference:
             open_session(served.path, SETTINGS.threads or None, spinning=False)
         )
 
-    def __is_ready__(self) -> bool:
+    @property
+    def ready(self) -> bool:
         return self._model.ready
 
-    @bentoml.api
     def describe(self) -> dict:
-        """``{"ready": True, "spec", "info"}`` of the served model, or ``{"ready": False, "error"}``."""
+        """``{"ready": True, "spec", "info"}`` of the model, or ``{"ready": False, "error"}``."""
         try:
             served, _ = self._model.get()
         except ModelNotReadyError as exc:
             return {"ready": False, "error": str(exc)}
         return {"ready": True, "spec": served.spec.model_dump(mode="json"), "info": served.info}
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        """``(N, C, h, w)`` float32 normalised tiles → ``(N, h, w)`` float32 probabilities."""
+        _, predict = self._model.get()
+        return predict(tiles)
+
+
+@bentoml.service(
+    name="pbf_tile_inference",
+    workers=SETTINGS.inference_workers or "cpu_count",
+    threads=1,
+    traffic={"timeout": 600},
+    # BentoML renews its client session to this service every `max_requests` calls and closes the
+    # old one under the calls still using it (500s under load); renew rarely, retry the rest.
+    runner_connection={"max_requests": 1_000_000, "max_age": 86_400.0},
+)
+class TileInference:
+    """``PBF_SERVE_BATCHING=on``: runs the model on tiles; concurrent requests' tiles are batched."""
+
+    model_ref = _bento_model()
+
+    def __init__(self) -> None:
+        self._runner = ModelRunner()
+
+    def __is_ready__(self) -> bool:
+        return self._runner.ready
+
+    @bentoml.api
+    def describe(self) -> dict:
+        """``{"ready": True, "spec", "info"}`` of the served model, or ``{"ready": False, "error"}``."""
+        return self._runner.describe()
 
     @bentoml.api(
         batchable=True,
@@ -313,8 +384,7 @@ class TileInference:
     )
     def infer(self, tiles: np.ndarray) -> np.ndarray:
         """``(N, C, h, w)`` float32 normalised tiles → ``(N, h, w)`` float32 probabilities."""
-        _, predict = self._model.get()
-        return predict(tiles)
+        return self._runner.infer(tiles)
 
 
 # ------------------------------------------------------------------------- request handling
@@ -468,16 +538,23 @@ EMPTY = Field(default_factory=list)
 
 @bentoml.asgi_app(_page_app(), path="/")
 @bentoml.service(
-    name="pbf_defect_segmenter", workers=SETTINGS.workers, threads=16, traffic={"timeout": 600}
+    name="pbf_defect_segmenter",
+    workers=SETTINGS.workers or (1 if SETTINGS.batching else "cpu_count"),
+    threads=16,
+    traffic={"timeout": 600},
 )
 class DefectService:
     """Segments uploaded layers: ``POST /segment`` (JSON), ``POST /overlay`` (PNG), ``GET /``."""
 
-    tiles = bentoml.depends(TileInference)
+    if SETTINGS.batching:
+        tiles = bentoml.depends(TileInference)
+    else:
+        model_ref = _bento_model()
 
     def __init__(self) -> None:
         self._described: dict | None = None
         self._lock = threading.Lock()
+        self._runner = None if SETTINGS.batching else ModelRunner()
 
     def __is_ready__(self) -> bool:
         try:
@@ -487,7 +564,7 @@ class DefectService:
         return True
 
     def description(self) -> dict:
-        """``{"spec", "info"}`` of the model :class:`TileInference` loaded, asked once it has.
+        """``{"spec", "info"}`` of the loaded model (asked once of :class:`TileInference` when batching).
 
         Called from BentoML's worker threads (the dependency's client needs one), by the readiness
         probe and by requests.
@@ -498,23 +575,29 @@ class DefectService:
         if self._described is None:
             with self._lock:
                 if self._described is None:
-                    try:
-                        answer = self.tiles.describe()
-                    except Exception as exc:  # the inference service is not up (yet)
-                        raise ModelNotReadyError(
-                            f"inference service not reachable: {exc}"
-                        ) from None
+                    answer = self._describe_model()
                     if not answer.get("ready"):
                         raise ModelNotReadyError(answer.get("error", "model not loaded"))
                     self._described = {"spec": answer["spec"], "info": answer["info"]}
         return self._described
 
+    def _describe_model(self) -> dict:
+        if self._runner is not None:
+            return self._runner.describe()
+        try:
+            return self.tiles.describe()
+        except Exception as exc:  # the inference service is not up (yet)
+            raise ModelNotReadyError(f"inference service not reachable: {exc}") from None
+
     def _predict(self, batch: np.ndarray) -> np.ndarray:
-        """Tiles → probabilities through :class:`TileInference` (batched with other requests).
+        """Tiles → probabilities, in this process or through :class:`TileInference` (batched
+        with other requests' tiles).
 
         A pooled connection the inference server closed while idle surfaces as a disconnect
         on its next use; inference is idempotent, so the call is simply repeated.
         """
+        if self._runner is not None:
+            return self._runner.infer(batch)
         from aiohttp import ClientConnectionError
 
         for attempt in range(INFER_ATTEMPTS):
@@ -600,7 +683,7 @@ class DefectService:
             field = SINGLE_FIELD if mode == "single" else None
             raise UploadError(422, field, f"input does not fit the model: {exc}", "shape") from None
         prob = predict_tiled(
-            self._predict, x, spec.tile_size, spec.tile_overlap, SETTINGS.tiles_per_call
+            self._predict, x, spec.tile_size, spec.tile_overlap, SETTINGS.tiles_per_inference
         )
         mask = prob >= spec.threshold
         comps = find_components(mask, prob)

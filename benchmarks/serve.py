@@ -5,8 +5,9 @@ speed does not depend on the weights) on the same 512x512 16-bit a/b/c uploads (
 layers):
 
 - ``naive-fp32-torch``: :mod:`naive_app` — FastAPI, fp32 PyTorch per request (the prototype's way);
-- ``service-<variant>``: ``bentoml serve service:DefectService`` — ONNX Runtime, adaptive
-  batching of tiles across requests, int8 by default.
+- ``service-<variant>``: ``bentoml serve service:DefectService`` — ONNX Runtime in the request
+  processes, int8 by default; with ``--batching`` also ``service-<variant>-batched``
+  (``PBF_SERVE_BATCHING=true``: BentoML adaptive batching of tiles across requests).
 
 All servers are started, then loaded in turn in interleaved rounds at concurrency 1 and 8, so
 the machine's changing background load hits each alike. Reported: throughput (requests/s, median
@@ -15,6 +16,7 @@ over rounds) and p50/p95 latency (ms, over all requests), with the load average.
 
     python benchmarks/serve.py                       # int8 service vs naive fp32
     python benchmarks/serve.py --variants int8 fp32  # also the fp32 ONNX service
+    python benchmarks/serve.py --batching            # also the adaptive-batching layout
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
+from pbf_core.export import read_metadata  # noqa: E402
 from pbf_core.processes import ServerStartError, free_port, stop_tree, wait_ready  # noqa: E402
 
 STARTUP_S = 300
@@ -72,6 +75,33 @@ def build_model(work: Path, checkpoint: Path | None, size: int) -> dict[str, Pat
         tiles += [x[:, y : y + t, xx : xx + t] for y in (0, size - t) for xx in (0, size - t)]
     int8 = quantize_static(fp32, work / "int8.onnx", np.stack(tiles), QuantizeConfig())
     return {"checkpoint": Path(checkpoint), "fp32": fp32, "int8": int8}
+
+
+def batch_sweep(onnx_path: Path, tile: int, sizes=(1, 3, 9, 18, 36)) -> list[dict]:
+    """CPU time per tile of one single-threaded ONNX Runtime session by tiles per run.
+
+    Whether batching tiles across requests can pay on this CPU: it cannot when the cost per
+    tile does not fall with the batch. Best of 3 rounds, each ~36 tiles.
+    """
+    from pbf_core.export import open_session
+
+    session = open_session(onnx_path, threads=1)
+    name = session.get_inputs()[0].name
+    channels = session.get_inputs()[0].shape[1]
+    rng = np.random.default_rng(0)
+    out = []
+    for n in sizes:
+        x = rng.random((n, channels, tile, tile), dtype=np.float32)
+        session.run(None, {name: x})
+        runs = max(1, 36 // n)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            for _ in range(runs):
+                session.run(None, {name: x})
+            best = min(best, (time.process_time() - t0) / (runs * n))
+        out.append({"tiles_per_run": n, "cpu_ms_per_tile": round(1000 * best, 2)})
+    return out
 
 
 def uploads(size: int, count: int) -> list[dict[str, tuple[str, bytes, str]]]:
@@ -111,34 +141,71 @@ def _start(cmd: list[str], env: dict, ready_url: str, log: Path) -> subprocess.P
     return proc
 
 
-def _shoot(
-    url: str, files: list[dict], concurrency: int, requests: int
-) -> tuple[list, list, float]:
-    """``requests`` POSTs from ``concurrency`` threads: latencies (s), errors, wall time (s)."""
+def encode_forms(files: list[dict]) -> list[tuple[bytes, dict[str, str]]]:
+    """Each upload as a ready multipart body and its headers.
+
+    Encoded once, before the clock starts: the load generator shares the cores with the servers,
+    and the faster a server, the more of them per-request client work would take from it.
+    """
     import httpx
 
+    out = []
+    for form in files:
+        request = httpx.Request("POST", "http://localhost/", files=form)
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+        out.append((request.read(), headers))
+    return out
+
+
+def _shoot(
+    url: str, forms: list[tuple[bytes, dict[str, str]]], concurrency: int, requests: int
+) -> tuple[list, list, float, float]:
+    """``requests`` POSTs from ``concurrency`` threads, each on its own keep-alive connection.
+
+    The standard library's ``http.client`` is the client: it costs the shared cores about a
+    third of httpx's CPU per request (2.3 MB through each request and answer).
+
+    Returns:
+        Latencies (s), errors, wall time (s) and this (client) process's CPU time (s).
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
     latencies: list[float] = []
     errors: list[str] = []
 
     def worker(jobs: list[int]) -> None:
-        with httpx.Client(timeout=600) as client:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+        try:
             for i in jobs:
                 t0 = time.perf_counter()
-                r = client.post(url, files=files[i % len(files)])
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code}: {r.text[:200]}")
+                content, headers = forms[i % len(forms)]
+                try:
+                    conn.request("POST", parts.path, body=content, headers=headers)
+                    answer = conn.getresponse()
+                    data = answer.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    conn.close()  # reconnects on the next request
+                    continue
+                finally:
+                    latencies.append(time.perf_counter() - t0)
+                if answer.status != 200:
+                    errors.append(f"{answer.status}: {data[:200]!r}")
+        finally:
+            conn.close()
 
     threads = [
         threading.Thread(target=worker, args=(list(range(k, requests, concurrency)),))
         for k in range(concurrency)
     ]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return latencies, errors, time.perf_counter() - t0
+    return latencies, errors, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -157,7 +224,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    targets: dict[str, str], pids: dict[str, int], files: list[dict], args
+    targets: dict[str, str], pids: dict[str, int], forms: list[tuple[bytes, dict]], args
 ) -> dict[str, list[dict]]:
     """Interleaved rounds: each round loads every target in turn at each concurrency.
 
@@ -166,7 +233,7 @@ def measure(
     median over rounds; latency percentiles pool every request of the rounds.
     """
     for url in targets.values():
-        _shoot(url, files, max(args.concurrency), args.warmup)
+        _shoot(url, forms, max(args.concurrency), args.warmup)
     out: dict[str, list[dict]] = {name: [] for name in targets}
     for c in args.concurrency:
         requests = args.requests if c > 1 else args.requests_c1
@@ -175,9 +242,11 @@ def measure(
             for name, url in targets.items():
                 load_before = os.getloadavg()[0]
                 cpu_before = _cpu_seconds(pids[name])
-                shot = _shoot(url, files, c, requests)
+                lat, errs, wall, client_cpu = _shoot(url, forms, c, requests)
                 cpu = _cpu_seconds(pids[name]) - cpu_before
-                runs[name].append((*shot, load_before, cpu / requests))
+                runs[name].append(
+                    (lat, errs, wall, load_before, cpu / requests, client_cpu / requests)
+                )
         for name, rounds in runs.items():
             ms = np.array([lat for r in rounds for lat in r[0]]) * 1000.0
             rps = [requests / r[2] for r in rounds]
@@ -198,6 +267,9 @@ def measure(
                 # depends on what else runs on the machine.
                 "server_cpu_ms_per_request": round(
                     1000 * statistics.median(r[4] for r in rounds), 1
+                ),
+                "client_cpu_ms_per_request": round(
+                    1000 * statistics.median(r[5] for r in rounds), 1
                 ),
             }
             out[name].append(row)
@@ -220,8 +292,8 @@ def markdown(report: dict) -> str:
         f"{report['upload']}; model: {report['model']}.",
         "",
         "| server | concurrency | requests | throughput (req/s) | p50 (ms) | p95 (ms) | errors "
-        "| server CPU per request (ms) | load avg 1m |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU per request (ms) | client CPU per request (ms) | load avg 1m |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in report["targets"]:
         for r in target["results"]:
@@ -229,6 +301,7 @@ def markdown(report: dict) -> str:
                 f"| {target['name']} | {r['concurrency']} | {r['requests']} | "
                 f"{r['throughput_rps']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
                 f"{r['errors']} | {r['server_cpu_ms_per_request']:.0f} | "
+                f"{r.get('client_cpu_ms_per_request', float('nan')):.0f} | "
                 f"{r['loadavg_1m_before']:.2f} |"
             )
     lines += ["", "Throughput relative to the naive fp32 handler at the same concurrency:", ""]
@@ -242,6 +315,21 @@ def markdown(report: dict) -> str:
     ]
     for c, ratios in report["cpu_speedup"].items():
         lines.append(f"- concurrency {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    sweep = report.get("int8_batch_sweep")
+    if sweep:
+        lines += [
+            "",
+            f"int8 model alone, one ONNX Runtime thread, {sweep['tile']}² tiles: CPU ms per tile "
+            "by tiles per run (batching across requests pays only if this falls):",
+            "",
+            "| tiles per run | "
+            + " | ".join(str(r["tiles_per_run"]) for r in sweep["results"])
+            + " |",
+            "| --- |" + " ---: |" * len(sweep["results"]),
+            "| CPU ms per tile | "
+            + " | ".join(f"{r['cpu_ms_per_tile']:.2f}" for r in sweep["results"])
+            + " |",
+        ]
     lines += ["", report["note"], ""]
     return "\n".join(lines)
 
@@ -256,6 +344,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--variants", nargs="+", default=["int8"], choices=["int8", "fp32"])
+    parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="also serve each variant with PBF_SERVE_BATCHING=true (service-<variant>-batched)",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -277,7 +370,10 @@ def main() -> None:
         )
         if done.returncode:
             raise SystemExit(done.stdout + done.stderr)
-        bodies = uploads(args.size, 8)
+        print("int8 cost per tile by batch size...", flush=True)
+        tile = int(read_metadata(files["int8"]).get("tile_size", 256))
+        sweep = batch_sweep(files["int8"], tile)
+        bodies = encode_forms(uploads(args.size, 8))
         procs: list[subprocess.Popen] = []
         urls: dict[str, str] = {}
         pids: dict[str, int] = {}
@@ -292,15 +388,21 @@ def main() -> None:
                 procs.append(_start(cmd, env, f"{base}/docs", work / "naive.log"))
                 urls["naive-fp32-torch"] = f"{base}/segment"
                 pids["naive-fp32-torch"] = procs[-1].pid
-            for variant in args.variants:
+            modes = [False, True] if args.batching else [False]
+            for variant, batching in [(v, b) for v in args.variants for b in modes]:
+                name = f"service-{variant}" + ("-batched" if batching else "")
                 port = free_port()
                 cmd = [str(Path(sys.executable).with_name("bentoml")), "serve"]
                 cmd += ["service:DefectService", "--host", "127.0.0.1", "--port", str(port)]
-                env = _env(BENTOML_HOME=str(home), PBF_SERVE_VARIANT=variant)
+                env = _env(
+                    BENTOML_HOME=str(home),
+                    PBF_SERVE_VARIANT=variant,
+                    PBF_SERVE_BATCHING=str(batching).lower(),
+                )
                 base = f"http://127.0.0.1:{port}"
-                procs.append(_start(cmd, env, f"{base}/readyz", work / f"service-{variant}.log"))
-                urls[f"service-{variant}"] = f"{base}/segment"
-                pids[f"service-{variant}"] = procs[-1].pid
+                procs.append(_start(cmd, env, f"{base}/readyz", work / f"{name}.log"))
+                urls[name] = f"{base}/segment"
+                pids[name] = procs[-1].pid
             measured = measure(urls, pids, bodies, args)
         finally:
             for proc in procs:
@@ -338,14 +440,17 @@ def main() -> None:
         "targets": targets,
         "speedup": speedup,
         "cpu_speedup": cpu_speedup,
+        "int8_batch_sweep": {"tile": tile, "threads": 1, "results": sweep},
         "note": (
             "All servers are up at once and loaded in turn, in interleaved rounds (throughput: "
             "median over rounds; p50/p95 over all requests); the load generator runs on the same "
             "machine. The naive handler "
             "does the same work per request (decode, normalise, tile, stitch, components, overlay "
-            "and mask PNGs) with the fp32 PyTorch model; the service runs ONNX Runtime with "
-            "BentoML adaptive batching of tiles across requests. Other processes on the machine "
-            "(see the load average) make absolute numbers noisy; compare rows of one run."
+            "and mask PNGs) with the fp32 PyTorch model; the service runs ONNX Runtime in its "
+            "request processes (one per core, one thread each; *-batched: in separate processes "
+            "behind BentoML adaptive batching of tiles across requests). The client bodies are "
+            "encoded before timing. Other processes on the machine (see the load average) make "
+            "absolute numbers noisy; compare rows of one run."
         ),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,20 @@ def test_service_import_chain_has_no_torch(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_serving_settings_defaults_and_heap_tuning(tmp_path):
+    """In-process inference by default (3 tiles per call), 16 per call to the batching service;
+    the heap tuning applies on glibc and is off at 0."""
+    code = (
+        "import platform, service as s; S = s.ServeSettings; "
+        "print(S().batching, S().tiles_per_inference, S(batching=True).tiles_per_inference, "
+        "S(tiles_per_call=5).tiles_per_inference, s.keep_freed_memory(0), "
+        "s.keep_freed_memory(64) == (platform.libc_ver()[0] == 'glibc'))"
+    )
+    done = run([sys.executable, "-c", code], tmp_path / "home", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["False", "3", "16", "5", "False", "True"]
+
+
 @pytest.mark.integration
 def test_bentoml_build_carries_model_page_and_no_torch(bentoml_home, tmp_path):
     bentoml = str(Path(sys.executable).with_name("bentoml"))

@@ -242,3 +242,40 @@ def test_readiness_reflects_a_missing_model(server_without_model):
     r = post(url, "/segment", triplet_files())
     assert r.status_code == 503 and r.json()["kind"] == "model", r.text
     assert httpx.get(f"{url}/").status_code == 200  # the page still loads and says so
+
+
+@pytest.fixture(scope="module")
+def batched_server(bentoml_home, tmp_path_factory):
+    """The same model served with ``PBF_SERVE_BATCHING=true`` (adaptive batching in its own
+    inference processes)."""
+    from conftest import SERVER_ENV, start_server, stop
+
+    log = tmp_path_factory.mktemp("serve-batched") / "serve.log"
+    proc, url = start_server(bentoml_home, log, PBF_SERVE_BATCHING="true", **SERVER_ENV)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+def _mask(body: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
+
+
+def test_batching_layout_gives_the_same_answers(server, batched_server):
+    """Concurrent requests (their tiles batched together) get what the in-process layout says."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = [triplet_files(spot=(30 + 5 * i, 40, 20)) for i in range(6)]
+    expected = [post(server, "/segment", f).json() for f in uploads]
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        answers = list(pool.map(lambda f: post(batched_server, "/segment", f), uploads))
+    for want, got in zip(expected, answers, strict=True):
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["components"][0]["bbox"] == want["components"][0]["bbox"]
+        assert body["num_components"] == want["num_components"] == 1
+        assert body["max_confidence"] == pytest.approx(want["max_confidence"], abs=1e-3)
+        assert np.mean(_mask(body) == _mask(want)) > 0.999
+    model = httpx.get(f"{batched_server}/model").json()
+    assert model["ready"] and model["info"]["variant"] == "int8"
