@@ -8,10 +8,11 @@ overlay; it serves the page at ``/``.
 Where the model runs (``PBF_SERVE_BATCHING``):
 
 - off (default): in each entry process (one per core, one ONNX Runtime thread each). On CPU,
-  batching buys nothing: the int8 model's cost per tile is flat from 1 to 36 tiles per run
-  (7.3 → 8.3 ms for 256² tiles, 2-core EPYC), while handing tiles to another process cost ~40
-  CPU-ms of a ~135 CPU-ms request (serialising 9 float32 tiles each way, HTTP, a second process
-  per core). In process the service answered ~25 % more requests per second at concurrency 8.
+  batching buys nothing: the int8 model's CPU time per 256² tile does not fall with the batch
+  (7.2-8.4 ms from 1 to 36 tiles per run on the 2-core EPYC dev box), while handing the tiles to
+  other processes costs serialisation and HTTP both ways: ``benchmarks/serve.py --batching``
+  measured 99 CPU-ms per 512² request in process against 117 batched, and 22-35 % more requests
+  per second at concurrency 8 in process (three runs).
 - on: BentoML's adaptive batching. :class:`TileInference` owns the model in its own processes
   and its ``infer`` is batchable, so the tiles of concurrent requests are merged into one ONNX
   Runtime call, and inference is sized apart from request handling. Big batches pay on

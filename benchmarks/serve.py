@@ -447,9 +447,9 @@ def main() -> None:
             "machine. The naive handler "
             "does the same work per request (decode, normalise, tile, stitch, components, overlay "
             "and mask PNGs) with the fp32 PyTorch model; the service runs ONNX Runtime in its "
-            "request processes (one per core, one thread each; *-batched: in separate processes "
-            "behind BentoML adaptive batching of tiles across requests). The client bodies are "
-            "encoded before timing. Other processes on the machine (see the load average) make "
+            "request processes (one per core, one thread each, glibc keeping freed memory for "
+            "the next request; *-batched: in separate processes behind BentoML adaptive "
+            "batching of tiles across requests). The client bodies are encoded before timing. Other processes on the machine (see the load average) make "
             "absolute numbers noisy; compare rows of one run."
         ),
     }
