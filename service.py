@@ -31,7 +31,7 @@ Settings (environment):
   (default ``champion``).
 - ``PBF_SERVE_MAX_UPLOAD_MB`` (per file), ``PBF_SERVE_MAX_PIXELS`` (per image).
 - ``PBF_SERVE_HEAP_KEEP_MB`` (freed memory each process keeps for the next request, default 256;
-  0 = the C library's default, see :func:`keep_freed_memory`).
+  0 = the C library's default, see :func:`pbf_core.processes.keep_freed_memory`).
 - ``PBF_SERVE_WORKERS`` (entry processes; default 0 = one per core, or 1 with batching),
   ``PBF_SERVE_THREADS`` (ONNX Runtime threads per model process, default 1; 0 = one per core),
   ``PBF_SERVE_TILES_PER_CALL`` (default 0 = 3 in process, 16 with batching).
@@ -82,6 +82,7 @@ from pbf_core.inference import (
     render_overlay,
 )
 from pbf_core.models import ModelSpec
+from pbf_core.processes import keep_freed_memory
 
 logger = logging.getLogger("pbf.service")
 
@@ -123,30 +124,6 @@ class ServeSettings(BaseSettings):
 
 
 SETTINGS = ServeSettings()
-
-
-def keep_freed_memory(keep_mb: int) -> bool:
-    """Let glibc keep up to ``keep_mb`` MiB of freed memory instead of returning it at once.
-
-    Each request allocates dozens of 0.3-7 MB arrays (decoded views, tiles, probabilities,
-    overlay). glibc maps arrays that big afresh and unmaps them on free, so every request paid
-    kernel page faults to zero new pages: ~5 of ~105 CPU-ms per 512² request, 1-2 with this.
-    Allocations up to 64 MiB then come from the heap; the heap keeps at most ``keep_mb`` freed.
-    No-op (False) on other C libraries or with ``keep_mb`` 0.
-    """
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if keep_mb <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    mmap_bytes = min(64, keep_mb) * 1024**2
-    return bool(
-        libc.mallopt(m_mmap_threshold, mmap_bytes)
-        and libc.mallopt(m_trim_threshold, keep_mb * 1024**2)
-    )
 
 
 keep_freed_memory(SETTINGS.heap_keep_mb)
