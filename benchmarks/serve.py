@@ -5,9 +5,14 @@ speed does not depend on the weights) on the same 512x512 16-bit a/b/c uploads (
 layers):
 
 - ``naive-fp32-torch``: :mod:`naive_app` — FastAPI, fp32 PyTorch per request (the prototype's way);
-- ``service-<variant>``: ``bentoml serve service:DefectService`` — ONNX Runtime in the request
-  processes, int8 by default; with ``--batching`` also ``service-<variant>-batched``
-  (``PBF_SERVE_BATCHING=true``: BentoML adaptive batching of tiles across requests).
+- ``service-<variant>``: ``bentoml serve service:DefectService`` — the ONNX model in the request
+  processes on OpenVINO (ONNX Runtime where OpenVINO is not installed), int8 by default; with
+  ``--onnxruntime`` also ``service-<variant>-onnxruntime`` (``PBF_SERVE_RUNTIME=onnxruntime``),
+  with ``--batching`` also ``service-<variant>-batched`` (``PBF_SERVE_BATCHING=true``: BentoML
+  adaptive batching of tiles across requests).
+
+Before the servers start it measures the int8 model's CPU time per tile by batch size (one
+thread) and OpenVINO's masks against ONNX Runtime's on the upload layers.
 
 All servers are started, then loaded in turn in interleaved rounds at concurrency 1 and 8, so
 the machine's changing background load hits each alike. Reported: throughput (requests/s, median
@@ -16,7 +21,7 @@ over rounds) and p50/p95 latency (ms, over all requests), with the load average.
 
     python benchmarks/serve.py                       # int8 service vs naive fp32
     python benchmarks/serve.py --variants int8 fp32  # also the fp32 ONNX service
-    python benchmarks/serve.py --batching            # also the adaptive-batching layout
+    python benchmarks/serve.py --onnxruntime --batching  # also both other layouts
 """
 
 from __future__ import annotations
@@ -102,6 +107,43 @@ def batch_sweep(onnx_path: Path, tile: int, sizes=(1, 3, 9, 18, 36)) -> list[dic
             best = min(best, (time.process_time() - t0) / (runs * n))
         out.append({"tiles_per_run": n, "cpu_ms_per_tile": round(1000 * best, 2)})
     return out
+
+
+def runtime_parity(onnx_path: Path, size: int, count: int) -> dict | None:
+    """OpenVINO's masks and probabilities against ONNX Runtime's on the benchmark's layers.
+
+    None when OpenVINO is not installed. Dice 1.0 means identical masks.
+    """
+    from pbf_core.config import SynthConfig
+    from pbf_core.inference import predict_tiled, prepare_input
+    from pbf_core.models import ModelSpec
+    from pbf_core.runtimes import open_predictor, openvino_available
+    from pbf_core.synthetic import render_layer
+
+    if not openvino_available():
+        return None
+    meta = read_metadata(onnx_path)
+    spec = ModelSpec.model_validate({k: v for k, v in meta.items() if k in ModelSpec.model_fields})
+    ov, _ = open_predictor(onnx_path, "openvino", 1)
+    ort, _ = open_predictor(onnx_path, "onnxruntime", 1)
+    cfg = SynthConfig(size=size, seed=2)
+    dice, diffs, pixels = [], [], 0
+    for z in range(count):
+        x = prepare_input(render_layer(cfg, z).views, spec)
+        a = predict_tiled(ov, x, spec.tile_size, spec.tile_overlap, 3)
+        b = predict_tiled(ort, x, spec.tile_size, spec.tile_overlap, 3)
+        ma, mb = a >= spec.threshold, b >= spec.threshold
+        total = int(ma.sum() + mb.sum())
+        dice.append(1.0 if total == 0 else 2.0 * float((ma & mb).sum()) / total)
+        diffs.append(float(np.abs(a - b).mean()))
+        pixels += int((ma != mb).sum())
+    return {
+        "layers": count,
+        "mask_dice_mean": round(statistics.fmean(dice), 5),
+        "mask_dice_min": round(min(dice), 5),
+        "pixels_differing": pixels,
+        "prob_mean_abs_diff": round(statistics.fmean(diffs), 6),
+    }
 
 
 def uploads(size: int, count: int) -> list[dict[str, tuple[str, bytes, str]]]:
@@ -330,6 +372,15 @@ def markdown(report: dict) -> str:
             + " | ".join(f"{r['cpu_ms_per_tile']:.2f}" for r in sweep["results"])
             + " |",
         ]
+    parity = report.get("int8_runtime_parity")
+    if parity:
+        lines += [
+            "",
+            f"int8 model, OpenVINO vs ONNX Runtime on the {parity['layers']} upload layers: "
+            f"mask Dice {parity['mask_dice_mean']:.4f} (lowest {parity['mask_dice_min']:.4f}), "
+            f"{parity['pixels_differing']} pixels differ in all, mean |probability difference| "
+            f"{parity['prob_mean_abs_diff']:.5f}.",
+        ]
     lines += ["", report["note"], ""]
     return "\n".join(lines)
 
@@ -348,6 +399,12 @@ def main() -> None:
         "--batching",
         action="store_true",
         help="also serve each variant with PBF_SERVE_BATCHING=true (service-<variant>-batched)",
+    )
+    parser.add_argument(
+        "--onnxruntime",
+        action="store_true",
+        help="also serve each variant with PBF_SERVE_RUNTIME=onnxruntime "
+        "(service-<variant>-onnxruntime; the default takes OpenVINO when installed)",
     )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -373,6 +430,8 @@ def main() -> None:
         print("int8 cost per tile by batch size...", flush=True)
         tile = int(read_metadata(files["int8"]).get("tile_size", 256))
         sweep = batch_sweep(files["int8"], tile)
+        print("OpenVINO vs ONNX Runtime on the uploads' layers...", flush=True)
+        parity = runtime_parity(files["int8"], args.size, 8)
         bodies = encode_forms(uploads(args.size, 8))
         procs: list[subprocess.Popen] = []
         urls: dict[str, str] = {}
@@ -388,9 +447,12 @@ def main() -> None:
                 procs.append(_start(cmd, env, f"{base}/docs", work / "naive.log"))
                 urls["naive-fp32-torch"] = f"{base}/segment"
                 pids["naive-fp32-torch"] = procs[-1].pid
-            modes = [False, True] if args.batching else [False]
-            for variant, batching in [(v, b) for v in args.variants for b in modes]:
+            layouts = [("auto", False)]
+            layouts += [("onnxruntime", False)] if args.onnxruntime else []
+            layouts += [("auto", True)] if args.batching else []
+            for variant, (runtime, batching) in [(v, m) for v in args.variants for m in layouts]:
                 name = f"service-{variant}" + ("-batched" if batching else "")
+                name += "-onnxruntime" if runtime == "onnxruntime" else ""
                 port = free_port()
                 cmd = [str(Path(sys.executable).with_name("bentoml")), "serve"]
                 cmd += ["service:DefectService", "--host", "127.0.0.1", "--port", str(port)]
@@ -398,6 +460,7 @@ def main() -> None:
                     BENTOML_HOME=str(home),
                     PBF_SERVE_VARIANT=variant,
                     PBF_SERVE_BATCHING=str(batching).lower(),
+                    PBF_SERVE_RUNTIME=runtime,
                 )
                 base = f"http://127.0.0.1:{port}"
                 procs.append(_start(cmd, env, f"{base}/readyz", work / f"{name}.log"))
@@ -441,16 +504,18 @@ def main() -> None:
         "speedup": speedup,
         "cpu_speedup": cpu_speedup,
         "int8_batch_sweep": {"tile": tile, "threads": 1, "results": sweep},
+        "int8_runtime_parity": parity,
         "note": (
             "All servers are up at once and loaded in turn, in interleaved rounds (throughput: "
             "median over rounds; p50/p95 over all requests); the load generator runs on the same "
-            "machine. The naive handler "
-            "does the same work per request (decode, normalise, tile, stitch, components, overlay "
-            "and mask PNGs) with the fp32 PyTorch model; the service runs ONNX Runtime in its "
-            "request processes (one per core, one thread each, glibc keeping freed memory for "
-            "the next request; *-batched: in separate processes behind BentoML adaptive "
-            "batching of tiles across requests). The client bodies are encoded before timing. Other processes on the machine (see the load average) make "
-            "absolute numbers noisy; compare rows of one run."
+            "machine. The naive handler does the same work per request (decode, normalise, tile, "
+            "stitch, components, overlay and mask PNGs) with the fp32 PyTorch model; the service "
+            "runs the ONNX model (OpenVINO; *-onnxruntime: ONNX Runtime) in its request "
+            "processes (one per core, one thread per inference, glibc keeping freed memory for "
+            "the next request; *-batched: in separate processes behind BentoML adaptive batching "
+            "of tiles across requests). The client bodies are encoded before timing. Other "
+            "processes on the machine (see the load average) make absolute numbers noisy; "
+            "compare rows of one run."
         ),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import socket
 
@@ -29,6 +30,8 @@ def test_ready_model_and_metrics(server):
     assert httpx.get(f"{server}/readyz").status_code == 200
     model = httpx.get(f"{server}/model").json()
     assert model["ready"] and model["info"]["variant"] == "int8"
+    expected = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+    assert model["info"]["runtime"] == expected  # PBF_SERVE_RUNTIME=auto
     assert model["spec"]["threshold"] == 0.5 and model["spec"]["tile_size"] == 64
     metrics = httpx.get(f"{server}/metrics")
     assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
@@ -247,11 +250,12 @@ def test_readiness_reflects_a_missing_model(server_without_model):
 @pytest.fixture(scope="module")
 def batched_server(bentoml_home, tmp_path_factory):
     """The same model served with ``PBF_SERVE_BATCHING=true`` (adaptive batching in its own
-    inference processes)."""
+    inference processes) on ONNX Runtime."""
     from conftest import SERVER_ENV, start_server, stop
 
     log = tmp_path_factory.mktemp("serve-batched") / "serve.log"
-    proc, url = start_server(bentoml_home, log, PBF_SERVE_BATCHING="true", **SERVER_ENV)
+    env = {"PBF_SERVE_BATCHING": "true", "PBF_SERVE_RUNTIME": "onnxruntime", **SERVER_ENV}
+    proc, url = start_server(bentoml_home, log, **env)
     try:
         yield url
     finally:
@@ -262,8 +266,9 @@ def _mask(body: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask_png"]))))
 
 
-def test_batching_layout_gives_the_same_answers(server, batched_server):
-    """Concurrent requests (their tiles batched together) get what the in-process layout says."""
+def test_batching_layout_and_runtime_give_the_same_answers(server, batched_server):
+    """Concurrent requests (their tiles batched together, ONNX Runtime) get what the default
+    layout (in process, OpenVINO where installed) says."""
     from concurrent.futures import ThreadPoolExecutor
 
     uploads = [triplet_files(spot=(30 + 5 * i, 40, 20)) for i in range(6)]
@@ -279,3 +284,4 @@ def test_batching_layout_gives_the_same_answers(server, batched_server):
         assert np.mean(_mask(body) == _mask(want)) > 0.999
     model = httpx.get(f"{batched_server}/model").json()
     assert model["ready"] and model["info"]["variant"] == "int8"
+    assert model["info"]["runtime"] == "onnxruntime"
