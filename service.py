@@ -5,18 +5,26 @@ checks and decodes uploads, normalises and tiles the layer as the model's metada
 ONNX model on the tiles, stitches the tile probabilities, finds the components and renders the
 overlay; it serves the page at ``/``.
 
+What runs the model (``PBF_SERVE_RUNTIME``): ``auto`` (default) takes OpenVINO when it is
+installed, else ONNX Runtime; ``openvino`` or ``onnxruntime`` choose. Both read the same ONNX
+file. On the 2-core EPYC dev box OpenVINO served 37 % more requests per second at concurrency 8
+than ONNX Runtime (``benchmarks/serve.py --onnxruntime``, same run), its masks matching ONNX
+Runtime's at Dice 0.997. At load OpenVINO is checked against ONNX Runtime on the same file
+(:func:`pbf_core.runtimes.open_predictor`); ``auto`` falls back to ONNX Runtime if they differ.
+Answers name the runtime (``model.runtime``).
+
 Where the model runs (``PBF_SERVE_BATCHING``):
 
-- off (default): in each entry process (one per core, one ONNX Runtime thread each). On CPU,
-  batching buys nothing: the int8 model's CPU time per 256² tile does not fall with the batch
-  (7.2-8.4 ms from 1 to 36 tiles per run on the 2-core EPYC dev box), while handing the tiles to
-  other processes costs serialisation and HTTP both ways: ``benchmarks/serve.py --batching``
-  measured 99 CPU-ms per 512² request in process against 117 batched, and 22-35 % more requests
-  per second at concurrency 8 in process (three runs).
+- off (default): in each entry process (one per core, one thread per inference). On CPU,
+  batching buys nothing: ONNX Runtime's int8 CPU time per 256² tile does not fall with the
+  batch (7.2-8.4 ms from 1 to 36 tiles per run), while handing the tiles to other processes
+  costs serialisation and HTTP both ways: ``benchmarks/serve.py --batching`` measured 99
+  CPU-ms per 512² request in process against 117 batched, and 22-35 % more requests per second
+  at concurrency 8 in process (three runs, ONNX Runtime).
 - on: BentoML's adaptive batching. :class:`TileInference` owns the model in its own processes
-  and its ``infer`` is batchable, so the tiles of concurrent requests are merged into one ONNX
-  Runtime call, and inference is sized apart from request handling. Big batches pay on
-  accelerators; the sessions here use ONNX Runtime's CPU provider.
+  and its ``infer`` is batchable, so the tiles of concurrent requests are merged into one call,
+  and inference is sized apart from request handling. Big batches pay on accelerators; both
+  runtimes here run on the CPU.
 
 Every number that shapes a prediction (views, normalisation, tile size and overlap, decision
 threshold) comes from the model's metadata; nothing here is a model constant.
@@ -24,6 +32,7 @@ threshold) comes from the model's metadata; nothing here is a model constant.
 Settings (environment):
 
 - ``PBF_SERVE_VARIANT``: ``int8`` (default) or ``fp32``.
+- ``PBF_SERVE_RUNTIME``: ``auto`` (default), ``openvino`` or ``onnxruntime``.
 - ``PBF_SERVE_SOURCE``: ``store`` (default: the BentoML model written by ``pbf package``, the one a
   bento carries) or ``tracking`` (download ``models:/<registry>@<alias>`` from
   ``PBF_TRACKING_URI``/``MLFLOW_TRACKING_URI``; the fp32 variant is ``@<alias>-fp32``).
@@ -33,7 +42,8 @@ Settings (environment):
 - ``PBF_SERVE_HEAP_KEEP_MB`` (freed memory each process keeps for the next request, default 256;
   0 = the C library's default, see :func:`pbf_core.processes.keep_freed_memory`).
 - ``PBF_SERVE_WORKERS`` (entry processes; default 0 = one per core, or 1 with batching),
-  ``PBF_SERVE_THREADS`` (ONNX Runtime threads per model process, default 1; 0 = one per core),
+  ``PBF_SERVE_THREADS`` (threads per inference, default 1; 0 = one per core; OpenVINO runs as
+  many inferences at once as fit the cores),
   ``PBF_SERVE_TILES_PER_CALL`` (default 0 = 3 in process, 16 with batching).
 - With batching: ``PBF_SERVE_INFERENCE_WORKERS`` (inference processes, default 0 = one per core),
   ``PBF_SERVE_MAX_BATCH_TILES``, ``PBF_SERVE_MAX_LATENCY_MS``.
@@ -114,8 +124,9 @@ class ServeSettings(BaseSettings):
 
     @property
     def tiles_per_inference(self) -> int:
-        """Tiles per model call: set, or 3 in process (ORT's int8 CPU cost per tile grows ~8 %
-        from 3 to 9 tiles per run, cache) and 16 to the batching service (fewer hops)."""
+        """Tiles per model call: set, or 3 in process (the CPU time per tile of concurrent runs
+        was lowest there: ONNX Runtime's rises ~8 % to 9 tiles, OpenVINO's ~5 %) and 16 to
+        the batching service (fewer hops)."""
         return self.tiles_per_call or (16 if self.batching else 3)
 
 

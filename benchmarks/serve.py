@@ -82,30 +82,31 @@ def build_model(work: Path, checkpoint: Path | None, size: int) -> dict[str, Pat
     return {"checkpoint": Path(checkpoint), "fp32": fp32, "int8": int8}
 
 
-def batch_sweep(onnx_path: Path, tile: int, sizes=(1, 3, 9, 18, 36)) -> list[dict]:
-    """CPU time per tile of one single-threaded ONNX Runtime session by tiles per run.
+def batch_sweep(onnx_path: Path, tile: int, sizes=(1, 3, 9, 18, 36)) -> dict[str, list[dict]]:
+    """CPU time per tile of the model, one thread, by tiles per run, under each CPU runtime.
 
     Whether batching tiles across requests can pay on this CPU: it cannot when the cost per
-    tile does not fall with the batch. Best of 3 rounds, each ~36 tiles.
+    tile does not fall with the batch. Best of 3 rounds, each ~36 tiles; sigmoid included.
     """
-    from pbf_core.export import open_session
+    from pbf_core.runtimes import open_predictor, openvino_available
 
-    session = open_session(onnx_path, threads=1)
-    name = session.get_inputs()[0].name
-    channels = session.get_inputs()[0].shape[1]
     rng = np.random.default_rng(0)
-    out = []
-    for n in sizes:
-        x = rng.random((n, channels, tile, tile), dtype=np.float32)
-        session.run(None, {name: x})
-        runs = max(1, 36 // n)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.process_time()
-            for _ in range(runs):
-                session.run(None, {name: x})
-            best = min(best, (time.process_time() - t0) / (runs * n))
-        out.append({"tiles_per_run": n, "cpu_ms_per_tile": round(1000 * best, 2)})
+    out: dict[str, list[dict]] = {}
+    for runtime in ("onnxruntime", "openvino") if openvino_available() else ("onnxruntime",):
+        rows = []
+        for n in sizes:
+            predict, _ = open_predictor(onnx_path, runtime, 1, chunk=n)
+            x = rng.random((n, 3, tile, tile), dtype=np.float32)
+            predict(x)
+            runs = max(1, 36 // n)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.process_time()
+                for _ in range(runs):
+                    predict(x)
+                best = min(best, (time.process_time() - t0) / (runs * n))
+            rows.append({"tiles_per_run": n, "cpu_ms_per_tile": round(1000 * best, 2)})
+        out[runtime] = rows
     return out
 
 
@@ -359,19 +360,18 @@ def markdown(report: dict) -> str:
         lines.append(f"- concurrency {c}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     sweep = report.get("int8_batch_sweep")
     if sweep:
+        first = next(iter(sweep["results"].values()))
         lines += [
             "",
-            f"int8 model alone, one ONNX Runtime thread, {sweep['tile']}² tiles: CPU ms per tile "
-            "by tiles per run (batching across requests pays only if this falls):",
+            f"int8 model alone, one thread, {sweep['tile']}² tiles: CPU ms per tile by tiles per "
+            "run (batching across requests pays only if this falls):",
             "",
-            "| tiles per run | "
-            + " | ".join(str(r["tiles_per_run"]) for r in sweep["results"])
-            + " |",
-            "| --- |" + " ---: |" * len(sweep["results"]),
-            "| CPU ms per tile | "
-            + " | ".join(f"{r['cpu_ms_per_tile']:.2f}" for r in sweep["results"])
-            + " |",
+            "| runtime | " + " | ".join(str(r["tiles_per_run"]) for r in first) + " |",
+            "| --- |" + " ---: |" * len(first),
         ]
+        for runtime, rows in sweep["results"].items():
+            cells = " | ".join(f"{r['cpu_ms_per_tile']:.2f}" for r in rows)
+            lines.append(f"| {runtime} | {cells} |")
     parity = report.get("int8_runtime_parity")
     if parity:
         lines += [
