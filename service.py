@@ -7,9 +7,9 @@ overlay; it serves the page at ``/``.
 
 What runs the model (``PBF_SERVE_RUNTIME``): ``auto`` (default) takes OpenVINO when it is
 installed, else ONNX Runtime; ``openvino`` or ``onnxruntime`` choose. Both read the same ONNX
-file. On the 2-core EPYC dev box OpenVINO served 37 % more requests per second at concurrency 8
-than ONNX Runtime (``benchmarks/serve.py --onnxruntime``, same run), its masks matching ONNX
-Runtime's at Dice 0.997. At load OpenVINO is checked against ONNX Runtime on the same file
+file. On the 2-core EPYC dev box OpenVINO served 37-41 % more requests per second at concurrency 8
+than ONNX Runtime (``benchmarks/serve.py --onnxruntime``, two runs, each side by side), its
+masks matching ONNX Runtime's at Dice 0.997. At load OpenVINO is checked against ONNX Runtime on the same file
 (:func:`pbf_core.runtimes.open_predictor`); ``auto`` falls back to ONNX Runtime if they differ.
 Answers name the runtime (``model.runtime``).
 
