@@ -62,7 +62,8 @@ class Segmentation:
     threshold: float
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function of logits, as float32 (clipped: no overflow warnings)."""
     return (1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))).astype(np.float32)
 
 
@@ -108,7 +109,7 @@ def onnx_predictor(session: Any) -> PredictFn:
 
     def predict(batch: np.ndarray) -> np.ndarray:
         (logits, *_) = session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return _sigmoid(logits[:, 0])
+        return sigmoid(logits[:, 0])
 
     return predict
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pbf_core.export import ExportError, open_session
-from pbf_core.inference import PredictFn, onnx_predictor
+from pbf_core.inference import PredictFn, onnx_predictor, sigmoid
 
 Runtime = Literal["auto", "openvino", "onnxruntime"]
 
@@ -89,10 +89,11 @@ class OpenVINOPredictor:
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._lock = threading.Lock()  # the compiled models
         self._local = threading.local()  # each thread's infer requests
+        #: input channels of the model
+        self.channels = self._model.inputs[0].get_partial_shape()[1].get_length()
         if warm_tile is not None:
-            channels = self._model.inputs[0].get_partial_shape()[1].get_length()
             for n in range(1, self._chunk + 1):
-                self._compiled_for((n, channels, warm_tile, warm_tile))
+                self._compiled_for((n, self.channels, warm_tile, warm_tile))
 
     def _compiled_for(self, shape: tuple[int, ...]) -> Any:
         with self._lock:
@@ -120,6 +121,8 @@ class OpenVINOPredictor:
         requests = self._local.__dict__.setdefault("requests", {})
         request = requests.get(shape)
         if request is None or request[0] is not compiled:
+            for old in [k for k, (c, _) in requests.items() if self._compiled.get(k) is not c]:
+                del requests[old]  # compiled models the cache let go of
             request = (compiled, compiled.create_infer_request())
             requests[shape] = request
         return request[1]
@@ -127,8 +130,6 @@ class OpenVINOPredictor:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``(N, C, h, w)`` float32 tiles → ``(N, h, w)`` float32 probabilities."""
         import openvino as ov
-
-        from pbf_core.inference import _sigmoid
 
         x = np.ascontiguousarray(batch, dtype=np.float32)
         out = []
@@ -138,7 +139,7 @@ class OpenVINOPredictor:
             request.set_input_tensor(ov.Tensor(part, shared_memory=True))
             request.infer()
             # a new array: the request reuses its output buffer
-            out.append(_sigmoid(request.get_output_tensor().data[:, 0]))
+            out.append(sigmoid(request.get_output_tensor().data[:, 0]))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
 
@@ -164,8 +165,9 @@ def open_predictor(
             concurrent call at once).
 
     With ``warm_tile``, OpenVINO is checked against ONNX Runtime on the same file
-    (:func:`runtime_difference`); beyond :data:`MAX_RUNTIME_DIFFERENCE` ``auto`` falls back to
-    ONNX Runtime with a warning and an explicit ``openvino`` raises.
+    (:func:`runtime_difference`). If OpenVINO fails to load or run the file, or differs beyond
+    :data:`MAX_RUNTIME_DIFFERENCE`, ``auto`` falls back to ONNX Runtime with a warning and an
+    explicit ``openvino`` raises.
 
     Raises:
         ExportError: missing or unreadable file; ``openvino`` failing the check.
@@ -178,27 +180,37 @@ def open_predictor(
         return ort, chosen
     import os
 
-    n = threads or os.cpu_count() or 1
-    predictor = OpenVINOPredictor(
-        path, threads=n, chunk=chunk, warm_tile=warm_tile, streams=streams
-    )
-    if warm_tile is not None:
-        diff = runtime_difference(predictor, ort, warm_tile)
-        if diff > MAX_RUNTIME_DIFFERENCE:
-            if runtime == "openvino":
-                raise ExportError(
-                    path, f"OpenVINO's probabilities differ from ONNX Runtime's by {diff:.4f}"
-                )
-            logger.warning(
-                "%s: OpenVINO differs from ONNX Runtime by %.4f (mean |dp|); using ONNX Runtime",
-                path,
-                diff,
+    try:
+        predictor = OpenVINOPredictor(
+            path,
+            threads=threads or os.cpu_count() or 1,
+            chunk=chunk,
+            warm_tile=warm_tile,
+            streams=streams,
+        )
+        diff = 0.0
+        if warm_tile is not None:
+            diff = runtime_difference(predictor, ort, warm_tile, predictor.channels)
+    except Exception as exc:  # an OpenVINO that cannot load or run this file
+        if runtime == "openvino":
+            raise
+        logger.warning("%s: OpenVINO failed (%s); using ONNX Runtime", path, exc)
+        return ort, "onnxruntime"
+    if diff > MAX_RUNTIME_DIFFERENCE:
+        if runtime == "openvino":
+            raise ExportError(
+                path, f"OpenVINO's probabilities differ from ONNX Runtime's by {diff:.4f}"
             )
-            return ort, "onnxruntime"
+        logger.warning(
+            "%s: OpenVINO differs from ONNX Runtime by %.4f (mean |dp|); using ONNX Runtime",
+            path,
+            diff,
+        )
+        return ort, "onnxruntime"
     return predictor, chosen
 
 
-def runtime_difference(a: PredictFn, b: PredictFn, tile: int, channels: int = 3) -> float:
+def runtime_difference(a: PredictFn, b: PredictFn, tile: int, channels: int) -> float:
     """Mean absolute difference of two predictors' probabilities on two fixed smooth tiles.
 
     A load-time guard against a runtime that reads the model wrongly (an unsupported operator

@@ -100,3 +100,28 @@ def test_open_predictor_refuses_a_missing_file(tmp_path):
     if runtimes.openvino_available():
         with pytest.raises(ExportError, match="not found"):
             OpenVINOPredictor(tmp_path / "none.onnx")
+
+
+@needs_openvino
+def test_open_predictor_falls_back_when_openvino_fails(models, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setattr(runtimes, "OpenVINOPredictor", broken)
+    predict, runtime = open_predictor(models["int8"], "auto", 1, warm_tile=TILE)
+    assert runtime == "onnxruntime" and predict(tiles(2)).shape == (2, TILE, TILE)
+    with pytest.raises(RuntimeError, match="no CPU plugin"):
+        open_predictor(models["int8"], "openvino", 1, warm_tile=TILE)
+
+
+@needs_openvino
+def test_open_predictor_checks_a_single_view_model(tmp_path):
+    """The load-time check feeds tiles with the model's own channel count."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "grey.onnx"
+    export_onnx(torch.nn.Conv2d(1, 1, 3, padding=1).eval(), path, in_channels=1)
+    predict, runtime = open_predictor(path, "openvino", 1, warm_tile=TILE)
+    assert runtime == "openvino" and predict.channels == 1
+    assert predict(np.zeros((2, 1, TILE, TILE), np.float32)).shape == (2, TILE, TILE)
