@@ -98,7 +98,8 @@ function render(result) {
   fact(facts, "Decision threshold", result.threshold.toFixed(2));
   fact(facts, "Layer size", `${result.width} × ${result.height} px (${result.input} upload)`);
   const m = result.model;
-  fact(facts, "Model", `${m.name} version ${m.version} (${m.variant})`);
+  const runtime = m.runtime === "openvino" ? "OpenVINO" : "ONNX Runtime";
+  fact(facts, "Model", `${m.name} version ${m.version} (${m.variant}, run by ${runtime})`);
 
   const body = $("components").querySelector("tbody");
   body.replaceChildren();

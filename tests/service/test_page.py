@@ -92,6 +92,7 @@ def test_upload_shows_overlay_and_announces_result(page, tmp_path):
     # focus moved to the result so keyboard and screen-reader users land on it
     assert page.evaluate("document.activeElement.id") == "result-heading"
     assert page.locator("#components tbody tr").count() == 1
+    assert "(int8, run by " in page.locator("#facts").inner_text()  # which runtime answered
 
 
 def test_triplet_mode_by_keyboard_and_missing_view_error(page, tmp_path):
