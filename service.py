@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -83,6 +82,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pbf_core.errors import ImageReadError, LayerSetError
+from pbf_core.export import read_onnx_spec
 from pbf_core.imaging import decode_image
 from pbf_core.inference import find_components, predict_tiled, prepare_input, render_overlay
 from pbf_core.models import ModelSpec
@@ -164,16 +164,6 @@ class ServedModel:
     info: dict[str, Any]  # name, version, variant, source, bento_model, data_digest
 
 
-def _spec_from_onnx(path: Path) -> ModelSpec:
-    from pbf_core.export import read_metadata
-
-    meta = read_metadata(path)
-    fields = {k: v for k, v in meta.items() if k in ModelSpec.model_fields}
-    if "arch" not in fields:
-        raise ModelNotReadyError(f"{path}: no pbf.* model spec in the ONNX metadata")
-    return ModelSpec.model_validate(fields)
-
-
 def _from_store(settings: ServeSettings) -> ServedModel:
     """The variant's file in the BentoML model written by ``tasks.packaging.package_onnx``."""
     from bentoml.exceptions import NotFound
@@ -194,7 +184,7 @@ def _from_store(settings: ServeSettings) -> ServedModel:
     path = Path(stored.path) / entry["file"]
     return ServedModel(
         path,
-        _spec_from_onnx(path),
+        read_onnx_spec(path),
         {
             "name": meta.get("registry_name", stored.tag.name),
             "version": entry.get("version") or stored.tag.version,
@@ -228,7 +218,7 @@ def _from_tracking(settings: ServeSettings, into: Path) -> ServedModel:
         f"models:/{core.registry_name}/{version.version}", dst_path=str(into)
     )
     path = next(Path(local).rglob("*.onnx"))
-    spec = _spec_from_onnx(path)
+    spec = read_onnx_spec(path)
     return ServedModel(
         path,
         spec,
@@ -318,8 +308,6 @@ class ModelRunner:
             SETTINGS.threads or None,
             chunk=min(SETTINGS.tiles_per_inference, 4),  # OpenVINO: one compile per size
             warm_tile=served.spec.tile_size,
-            # OpenVINO: enough concurrent inferences to fill every core from one process
-            streams=max(1, (os.cpu_count() or 1) // (SETTINGS.threads or os.cpu_count() or 1)),
         )
         return replace(served, info={**served.info, "runtime": runtime}), predict
 
@@ -543,6 +531,7 @@ class DefectService:
 
     def __init__(self) -> None:
         self._described: dict | None = None
+        self._spec: ModelSpec | None = None  # the described spec, validated once
         self._lock = threading.Lock()
         self._runner = None if SETTINGS.batching else ModelRunner()
 
@@ -568,6 +557,7 @@ class DefectService:
                     answer = self._describe_model()
                     if not answer.get("ready"):
                         raise ModelNotReadyError(answer.get("error", "model not loaded"))
+                    self._spec = ModelSpec.model_validate(answer["spec"])
                     self._described = {"spec": answer["spec"], "info": answer["info"]}
         return self._described
 
@@ -663,7 +653,7 @@ class DefectService:
             described = self.description()
         except ModelNotReadyError as exc:
             raise UploadError(503, None, str(exc), "model") from None
-        spec = ModelSpec.model_validate(described["spec"])
+        spec = self._spec
         raw, mode = self._inputs(uploads)
         try:
             x = prepare_input(raw, spec)

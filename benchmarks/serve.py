@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from pbf_core.export import read_metadata  # noqa: E402
+from pbf_core.export import read_onnx_spec  # noqa: E402
 from pbf_core.processes import ServerStartError, free_port, stop_tree, wait_ready  # noqa: E402
 
 STARTUP_S = 300
@@ -117,14 +117,12 @@ def runtime_parity(onnx_path: Path, size: int, count: int) -> dict | None:
     """
     from pbf_core.config import SynthConfig
     from pbf_core.inference import predict_tiled, prepare_input
-    from pbf_core.models import ModelSpec
     from pbf_core.runtimes import open_predictor, openvino_available
     from pbf_core.synthetic import render_layer
 
     if not openvino_available():
         return None
-    meta = read_metadata(onnx_path)
-    spec = ModelSpec.model_validate({k: v for k, v in meta.items() if k in ModelSpec.model_fields})
+    spec = read_onnx_spec(onnx_path)
     ov, _ = open_predictor(onnx_path, "openvino", 1)
     ort, _ = open_predictor(onnx_path, "onnxruntime", 1)
     cfg = SynthConfig(size=size, seed=2)
@@ -428,7 +426,7 @@ def main() -> None:
         if done.returncode:
             raise SystemExit(done.stdout + done.stderr)
         print("int8 cost per tile by batch size...", flush=True)
-        tile = int(read_metadata(files["int8"]).get("tile_size", 256))
+        tile = read_onnx_spec(files["int8"]).tile_size
         sweep = batch_sweep(files["int8"], tile)
         print("OpenVINO vs ONNX Runtime on the uploads' layers...", flush=True)
         parity = runtime_parity(files["int8"], args.size, 8)

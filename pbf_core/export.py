@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from pbf_core.models import ModelSpec
+
 #: Lowest opset the exporter and the quantizer are tested with (QDQ per-channel needs >= 13).
 ONNX_OPSET = 18
 INPUT_NAME = "image"
@@ -281,6 +283,24 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             except json.JSONDecodeError:
                 out[prop.key[len(METADATA_PREFIX) :]] = prop.value
     return out
+
+
+def read_onnx_spec(path: str | Path) -> ModelSpec:
+    """The :class:`~pbf_core.models.ModelSpec` an ONNX file carries in its ``pbf.*`` metadata.
+
+    Raises:
+        ExportError: missing or unreadable file, no spec in the metadata, or an invalid one.
+    """
+    from pbf_core.models import ModelSpec
+
+    meta = read_metadata(path)
+    fields = {k: v for k, v in meta.items() if k in ModelSpec.model_fields}
+    if "arch" not in fields:
+        raise ExportError(path, "no pbf.* model spec in the ONNX metadata")
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValueError as exc:
+        raise ExportError(path, f"invalid model spec in the metadata ({exc})") from None
 
 
 def spec_metadata(spec: Any, variant: str) -> dict[str, Any]:

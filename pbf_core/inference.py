@@ -384,13 +384,9 @@ class Segmenter:
         import onnxruntime as ort
 
         if spec is None:
-            from pbf_core.export import read_metadata
+            from pbf_core.export import read_onnx_spec
 
-            meta = read_metadata(path)
-            fields = {k: v for k, v in meta.items() if k in ModelSpec.model_fields}
-            if "arch" not in fields:
-                raise ValueError(f"{path}: no pbf.* model spec in the ONNX metadata; pass spec=")
-            spec = ModelSpec.model_validate(fields)
+            spec = read_onnx_spec(path)  # ExportError (a ValueError) without one
         session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
         return cls(onnx_predictor(session), spec, batch_size)
 

@@ -81,6 +81,7 @@ class OpenVINOPredictor:
         except Exception as exc:
             raise ExportError(path, f"OpenVINO cannot read it: {exc}") from exc
         self._path, self._chunk = path, max(1, chunk)
+        self._tensor = ov.Tensor
         self._config = {
             "INFERENCE_NUM_THREADS": max(1, threads) * max(1, streams),
             "NUM_STREAMS": max(1, streams),
@@ -129,14 +130,12 @@ class OpenVINOPredictor:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``(N, C, h, w)`` float32 tiles → ``(N, h, w)`` float32 probabilities."""
-        import openvino as ov
-
         x = np.ascontiguousarray(batch, dtype=np.float32)
         out = []
         for i in range(0, len(x), self._chunk):
             part = x[i : i + self._chunk]
             request = self._request(part.shape)
-            request.set_input_tensor(ov.Tensor(part, shared_memory=True))
+            request.set_input_tensor(self._tensor(part, shared_memory=True))
             request.infer()
             # a new array: the request reuses its output buffer
             out.append(sigmoid(request.get_output_tensor().data[:, 0]))
@@ -150,7 +149,7 @@ def open_predictor(
     *,
     chunk: int = 3,
     warm_tile: int | None = None,
-    streams: int = 1,
+    streams: int | None = None,
 ) -> tuple[PredictFn, Literal["openvino", "onnxruntime"]]:
     """A CPU :data:`PredictFn` for an ONNX file, and the runtime it uses.
 
@@ -161,8 +160,8 @@ def open_predictor(
         chunk: OpenVINO: tiles per inference (batches are split into chunks of this size).
         warm_tile: OpenVINO: compile the ``(1..chunk, C, warm_tile, warm_tile)`` shapes now
             instead of on first use.
-        streams: OpenVINO: inferences that may run at once (ONNX Runtime runs every
-            concurrent call at once).
+        streams: OpenVINO: inferences that may run at once (None: as many as fill the cores
+            with ``threads`` each; ONNX Runtime runs every concurrent call at once).
 
     With ``warm_tile``, OpenVINO is checked against ONNX Runtime on the same file
     (:func:`runtime_difference`). If OpenVINO fails to load or run the file, or differs beyond
@@ -174,28 +173,29 @@ def open_predictor(
         ValueError: an unknown or unavailable runtime.
     """
     chosen = resolve_runtime(runtime)
-    # ONNX Runtime's busy-waiting workers starve request threads on shared cores.
-    ort = onnx_predictor(open_session(path, threads, spinning=False))
     if chosen == "onnxruntime":
-        return ort, chosen
+        return _onnxruntime(path, threads), chosen
     import os
 
+    per_inference = threads or os.cpu_count() or 1
+    ort: PredictFn | None = None
     try:
         predictor = OpenVINOPredictor(
             path,
-            threads=threads or os.cpu_count() or 1,
+            threads=per_inference,
             chunk=chunk,
             warm_tile=warm_tile,
-            streams=streams,
+            streams=streams or max(1, (os.cpu_count() or 1) // per_inference),
         )
         diff = 0.0
         if warm_tile is not None:
+            ort = _onnxruntime(path, threads)
             diff = runtime_difference(predictor, ort, warm_tile, predictor.channels)
     except Exception as exc:  # an OpenVINO that cannot load or run this file
         if runtime == "openvino":
             raise
         logger.warning("%s: OpenVINO failed (%s); using ONNX Runtime", path, exc)
-        return ort, "onnxruntime"
+        return ort or _onnxruntime(path, threads), "onnxruntime"
     if diff > MAX_RUNTIME_DIFFERENCE:
         if runtime == "openvino":
             raise ExportError(
@@ -208,6 +208,11 @@ def open_predictor(
         )
         return ort, "onnxruntime"
     return predictor, chosen
+
+
+def _onnxruntime(path: str | Path, threads: int | None) -> PredictFn:
+    # ONNX Runtime's busy-waiting workers starve request threads on shared cores.
+    return onnx_predictor(open_session(path, threads, spinning=False))
 
 
 def runtime_difference(a: PredictFn, b: PredictFn, tile: int, channels: int) -> float:

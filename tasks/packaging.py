@@ -35,8 +35,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pbf_core.config import Settings
 from pbf_core.errors import PbfError
-from pbf_core.export import read_metadata
-from pbf_core.models import ModelSpec
+from pbf_core.export import ExportError, read_onnx_spec
 from pbf_core.promotion import CHAMPION
 
 PACKAGE_FORMAT = 1
@@ -75,14 +74,10 @@ def _sha256(path: Path) -> str:
 
 def _spec_of(path: Path) -> dict[str, Any]:
     """The spec fields of an ONNX file's ``pbf.*`` metadata, validated as a ModelSpec."""
-    meta = read_metadata(path)
-    fields = {k: v for k, v in meta.items() if k in ModelSpec.model_fields}
-    if "arch" not in fields:
-        raise PackagingError(str(path), "no pbf.* model spec in the ONNX metadata")
     try:
-        return ModelSpec.model_validate(fields).model_dump(mode="json")
-    except ValueError as exc:
-        raise PackagingError(str(path), f"invalid model spec in the metadata ({exc})") from None
+        return read_onnx_spec(path).model_dump(mode="json")
+    except ExportError as exc:
+        raise PackagingError(str(path), exc.reason) from None
 
 
 def _without_none(value: Any) -> Any:

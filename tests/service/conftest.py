@@ -35,11 +35,6 @@ def bentoml_home(tmp_path_factory) -> Path:
     return home
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop ``bentoml serve`` and its workers (circus gives each worker its own process group)."""
-    stop_tree(proc)
-
-
 def start_server(
     home: Path, log: Path, probe: str = "/readyz", **env: str
 ) -> tuple[subprocess.Popen, str]:
@@ -55,7 +50,7 @@ def start_server(
     try:
         wait_ready(f"{url}{probe}", proc, log, STARTUP_S)
     except BaseException:
-        stop(proc)
+        stop_tree(proc)
         raise
     return proc, url
 
@@ -68,4 +63,4 @@ def server(bentoml_home, tmp_path_factory):
     try:
         yield url
     finally:
-        stop(proc)
+        stop_tree(proc)

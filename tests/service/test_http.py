@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 from service_support import layer, png_bytes, triplet_files
 
+from pbf_core.processes import stop_tree
+
 pytestmark = pytest.mark.integration
 
 
@@ -225,7 +227,7 @@ def server_without_model(tmp_path_factory):
 
     (From the BentoML store, ``bentoml serve`` itself refuses to start without the model.)
     """
-    from conftest import start_server, stop
+    from conftest import start_server
 
     work = tmp_path_factory.mktemp("no-model")
     env = {"PBF_SERVE_SOURCE": "tracking", "PBF_TRACKING_URI": f"sqlite:///{work / 'empty.db'}"}
@@ -233,7 +235,7 @@ def server_without_model(tmp_path_factory):
     try:
         yield url
     finally:
-        stop(proc)
+        stop_tree(proc)
 
 
 def test_readiness_reflects_a_missing_model(server_without_model):
@@ -251,7 +253,7 @@ def test_readiness_reflects_a_missing_model(server_without_model):
 def batched_server(bentoml_home, tmp_path_factory):
     """The same model served with ``PBF_SERVE_BATCHING=true`` (adaptive batching in its own
     inference processes) on ONNX Runtime."""
-    from conftest import SERVER_ENV, start_server, stop
+    from conftest import SERVER_ENV, start_server
 
     log = tmp_path_factory.mktemp("serve-batched") / "serve.log"
     env = {"PBF_SERVE_BATCHING": "true", "PBF_SERVE_RUNTIME": "onnxruntime", **SERVER_ENV}
@@ -259,7 +261,7 @@ def batched_server(bentoml_home, tmp_path_factory):
     try:
         yield url
     finally:
-        stop(proc)
+        stop_tree(proc)
 
 
 def _mask(body: dict) -> np.ndarray:
