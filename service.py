@@ -81,13 +81,15 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from pbf_core.data.imaging import decode_image
+from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.metadata import read_onnx_spec
+from pbf_core.deploy.overlays import find_components, render_overlay
+from pbf_core.deploy.runtimes import open_predictor
+from pbf_core.deploy.tiling import predict_tiled
 from pbf_core.errors import ImageReadError, LayerSetError
-from pbf_core.export import read_onnx_spec
-from pbf_core.imaging import decode_image
-from pbf_core.inference import find_components, predict_tiled, prepare_input, render_overlay
-from pbf_core.models import ModelSpec
-from pbf_core.processes import keep_freed_memory
-from pbf_core.runtimes import open_predictor
+from pbf_core.model.spec import ModelSpec
+from pbf_core.serving.memory import keep_freed_memory
 
 logger = logging.getLogger("pbf.service")
 

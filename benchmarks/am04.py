@@ -53,12 +53,19 @@ def main() -> int:
     args = ap.parse_args()
 
     from pbf_core.config import LabelConfig, TrainConfig, load_config
-    from pbf_core.devices import torch_threads
-    from pbf_core.evaluation import predict_samples, score_masks
-    from pbf_core.inference import Segmenter
-    from pbf_core.labels import METHODS, label_quality, summarize_quality, synthesize_labels
-    from pbf_core.metrics import instance_curve, type_recall, type_recall_counts
-    from pbf_core.training import finish_training, fit, setup_training
+    from pbf_core.data.labels import METHODS, synthesize_labels
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.evaluation.metrics import (
+        instance_curve,
+        label_quality,
+        summarize_quality,
+        type_recall,
+        type_recall_counts,
+    )
+    from pbf_core.evaluation.scores import predict_samples, score_masks
+    from pbf_core.model.devices import torch_threads
+    from pbf_core.model.loop import fit
+    from pbf_core.model.training import finish_training, setup_training
 
     cfg = load_config(
         args.config,

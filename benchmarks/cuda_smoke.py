@@ -53,13 +53,16 @@ def run(work: Path, report: dict) -> None:
     import torch
 
     from pbf_core.config import PrepareConfig, SynthConfig, TrainConfig
-    from pbf_core.devices import resolve_device
-    from pbf_core.inference import Segmenter
-    from pbf_core.models import create_model, load_checkpoint
-    from pbf_core.patches import load_samples
-    from pbf_core.prepare import prepare_dataset
-    from pbf_core.synthetic import generate_build
-    from pbf_core.training import dice_bce_loss, fit, setup_training, train
+    from pbf_core.data.dataset import load_samples
+    from pbf_core.data.prepare import prepare_dataset
+    from pbf_core.data.synthetic import generate_build
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.model.checkpoints import load_checkpoint
+    from pbf_core.model.devices import resolve_device
+    from pbf_core.model.factory import create_model
+    from pbf_core.model.loop import fit
+    from pbf_core.model.losses import dice_bce_loss
+    from pbf_core.model.training import setup_training, train
 
     checks, timings = report["checks"], report["timings_s"]
     checks["cuda_available"] = torch.cuda.is_available()

@@ -23,7 +23,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from pbf_core.benchmarking import benchmark_model, format_markdown
+from pbf_core.bench.report import format_markdown
+from pbf_core.bench.runner import benchmark_model
 from pbf_core.config import BenchmarkConfig, PrepareConfig, QuantizeConfig, SynthConfig
 
 #: The prototype's README (seed/SEED-README.md), "Quantization Impact": its only measurements.
@@ -40,7 +41,9 @@ Prototype (as reported in its README; dynamic quantization, PyTorch):
 def _untrained_checkpoint(work: Path) -> Path:
     import torch
 
-    from pbf_core.models import ModelSpec, model_from_spec, save_checkpoint
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import model_from_spec
+    from pbf_core.model.spec import ModelSpec
 
     torch.manual_seed(0)
     spec = ModelSpec(labels="truth")
@@ -48,8 +51,8 @@ def _untrained_checkpoint(work: Path) -> Path:
 
 
 def _synthetic_data(work: Path) -> Path:
-    from pbf_core.prepare import prepare_dataset
-    from pbf_core.synthetic import generate_build
+    from pbf_core.data.prepare import prepare_dataset
+    from pbf_core.data.synthetic import generate_build
 
     generate_build(work / "raw", SynthConfig(layers=12, size=512, seed=0))
     prepare_dataset(work / "raw", work / "prepared", PrepareConfig())

@@ -28,10 +28,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pbf_core import imaging
+from pbf_core.data import imaging
 from pbf_core.config import LabelConfig, SynthConfig
-from pbf_core.datasets import DEFECT_TYPES, TRIPLET_VIEWS, write_json
-from pbf_core.labels import METHODS, label_quality, summarize_quality
+from pbf_core.data.labels import METHODS
+from pbf_core.data.layers import DEFECT_TYPES, TRIPLET_VIEWS
+from pbf_core.evaluation.metrics import label_quality, summarize_quality
+from pbf_core.files import write_json
 
 _AM04_INSTANCE = re.compile(r"_PD_\d+_(?P<kind>[A-Za-z]+)\.png$")
 
@@ -191,7 +193,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             build = args.synthetic_dir
             if build is None:
-                from pbf_core.synthetic import generate_build
+                from pbf_core.data.synthetic import generate_build
 
                 build = Path(tmp) / "build"
                 generate_build(

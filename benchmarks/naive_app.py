@@ -17,8 +17,10 @@ import cv2
 import numpy as np
 from fastapi import FastAPI, UploadFile
 
-from pbf_core.imaging import decode_image
-from pbf_core.inference import Segmenter, prepare_input, render_overlay
+from pbf_core.data.imaging import decode_image
+from pbf_core.deploy.inference import Segmenter
+from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.overlays import render_overlay
 
 app = FastAPI(title="naive fp32 PyTorch handler")
 _segmenter = Segmenter.from_checkpoint(os.environ["PBF_NAIVE_CHECKPOINT"], device="cpu")

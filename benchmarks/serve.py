@@ -44,9 +44,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the server-process helpers the tests use
 
-from pbf_core.export import read_onnx_spec  # noqa: E402
-from pbf_core.processes import ServerStartError, free_port, stop_tree, wait_ready  # noqa: E402
+from helpers.processes import ServerStartError, free_port, stop_tree, wait_ready  # noqa: E402
+
+from pbf_core.deploy.metadata import read_onnx_spec  # noqa: E402
 
 STARTUP_S = 300
 
@@ -56,11 +58,14 @@ def build_model(work: Path, checkpoint: Path | None, size: int) -> dict[str, Pat
     import torch
 
     from pbf_core.config import QuantizeConfig, SynthConfig
-    from pbf_core.export import export_onnx, spec_metadata
-    from pbf_core.inference import prepare_input
-    from pbf_core.models import ModelSpec, create_model, load_checkpoint, save_checkpoint
-    from pbf_core.quantization import quantize_static
-    from pbf_core.synthetic import render_layer
+    from pbf_core.data.synthetic import render_layer
+    from pbf_core.deploy.export import export_onnx
+    from pbf_core.deploy.inputs import prepare_input
+    from pbf_core.deploy.metadata import spec_metadata
+    from pbf_core.deploy.quantization import quantize_static
+    from pbf_core.model.checkpoints import load_checkpoint, save_checkpoint
+    from pbf_core.model.factory import create_model
+    from pbf_core.model.spec import ModelSpec
 
     if checkpoint is None:
         torch.manual_seed(0)
@@ -88,7 +93,7 @@ def batch_sweep(onnx_path: Path, tile: int, sizes=(1, 3, 9, 18, 36)) -> dict[str
     Whether batching tiles across requests can pay on this CPU: it cannot when the cost per
     tile does not fall with the batch. Best of 3 rounds, each ~36 tiles; sigmoid included.
     """
-    from pbf_core.runtimes import open_predictor, openvino_available
+    from pbf_core.deploy.runtimes import open_predictor, openvino_available
 
     rng = np.random.default_rng(0)
     out: dict[str, list[dict]] = {}
@@ -116,9 +121,10 @@ def runtime_parity(onnx_path: Path, size: int, count: int) -> dict | None:
     None when OpenVINO is not installed. Dice 1.0 means identical masks.
     """
     from pbf_core.config import SynthConfig
-    from pbf_core.inference import predict_tiled, prepare_input
-    from pbf_core.runtimes import open_predictor, openvino_available
-    from pbf_core.synthetic import render_layer
+    from pbf_core.data.synthetic import render_layer
+    from pbf_core.deploy.inputs import prepare_input
+    from pbf_core.deploy.runtimes import open_predictor, openvino_available
+    from pbf_core.deploy.tiling import predict_tiled
 
     if not openvino_available():
         return None
@@ -150,7 +156,7 @@ def uploads(size: int, count: int) -> list[dict[str, tuple[str, bytes, str]]]:
     import cv2
 
     from pbf_core.config import SynthConfig
-    from pbf_core.synthetic import render_layer
+    from pbf_core.data.synthetic import render_layer
 
     cfg = SynthConfig(size=size, seed=2)
     out = []

@@ -37,10 +37,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pbf_core import imaging
+from pbf_core.data import imaging
 from pbf_core.config import SynthConfig
-from pbf_core.datasets import DEFECT_TYPES, write_json
-from pbf_core.synthetic import generate_build, render_layer
+from pbf_core.data.layers import DEFECT_TYPES
+from pbf_core.data.synthetic import generate_build, render_layer
+from pbf_core.files import write_json
 
 _BINS = 100
 _AM04_INSTANCE = re.compile(r"_PD_\d+_(?P<kind>[A-Za-z]+)\.png$")

@@ -29,8 +29,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def prepared_build(layers: int, size: int, seed: int, workdir: Path) -> Path:
     """Synthetic build prepared with the default config, cached under ``workdir``."""
     from pbf_core.config import PrepareConfig, SynthConfig
-    from pbf_core.prepare import prepare_dataset
-    from pbf_core.synthetic import generate_build
+    from pbf_core.data.prepare import prepare_dataset
+    from pbf_core.data.synthetic import generate_build
 
     base = workdir / f"synth-L{layers}-S{size}-seed{seed}"
     prepared = base / "prepared"
@@ -67,11 +67,12 @@ def main() -> int:
     import torch
 
     from pbf_core.config import TrainConfig, load_config
-    from pbf_core.devices import torch_threads
-    from pbf_core.evaluation import evaluate
-    from pbf_core.inference import Segmenter
-    from pbf_core.models import save_checkpoint
-    from pbf_core.training import finish_training, fit, setup_training
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.evaluation.scores import evaluate
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.devices import torch_threads
+    from pbf_core.model.loop import fit
+    from pbf_core.model.training import finish_training, setup_training
 
     data = args.data or prepared_build(args.layers, args.size, args.seed, args.workdir)
     cfg = load_config(
@@ -167,7 +168,7 @@ def main() -> int:
 
 
 def _spec_for(setup, cfg, threshold: float):
-    from pbf_core.models import ModelSpec
+    from pbf_core.model.spec import ModelSpec
 
     m = setup.manifest
     return ModelSpec(

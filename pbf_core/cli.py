@@ -78,7 +78,7 @@ def synth(
 ) -> None:
     """Generate a synthetic PBF build: 16-bit a/b/c layer triplets, true masks, manifest."""
     from pbf_core.config import SynthConfig, load_config
-    from pbf_core.synthetic import generate_build
+    from pbf_core.data.synthetic import generate_build
 
     cfg = load_config(
         None,
@@ -117,7 +117,7 @@ def prepare(
 ) -> None:
     """Filter raw layers, normalise them, synthesise weak labels, measure label quality."""
     from pbf_core.config import PrepareConfig, load_config
-    from pbf_core.prepare import prepare_dataset
+    from pbf_core.data.prepare import prepare_dataset
 
     cfg = load_config(config, PrepareConfig)
     if method is not None:
@@ -181,7 +181,7 @@ def train(
 ) -> None:
     """Train a U-Net on a prepared dataset; write model.safetensors and metrics.json."""
     from pbf_core.config import TrainConfig, load_config
-    from pbf_core.training import train as train_model
+    from pbf_core.model.training import train as train_model
 
     cfg = load_config(
         config, TrainConfig, device=device, epochs=epochs, labels=labels, max_minutes=max_minutes
@@ -208,7 +208,7 @@ def train(
 
 
 def _load_segmenter(model: Path, device: str):
-    from pbf_core.inference import Segmenter
+    from pbf_core.deploy.inference import Segmenter
 
     if model.suffix == ".onnx":
         return Segmenter.from_onnx(model)
@@ -228,10 +228,9 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
     """Score a model on prepared layers against true masks and weak labels (JSON on stdout)."""
-    from pbf_core.datasets import load_manifest
+    from pbf_core.data.dataset import load_manifest, load_samples
     from pbf_core.errors import DatasetError
-    from pbf_core.evaluation import evaluate as evaluate_model
-    from pbf_core.patches import load_samples
+    from pbf_core.evaluation.scores import evaluate as evaluate_model
 
     manifest = load_manifest(data)
     entries = list(manifest.layers)
@@ -266,13 +265,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
 ) -> None:
     """Segment layer images: mask and overlay PNGs, defect components as JSON on stdout."""
-    from pbf_core.imaging import read_image, write_mask
-    from pbf_core.inference import (
-        group_layer_files,
-        prepare_input,
-        render_overlay,
-        write_overlay,
-    )
+    from pbf_core.data.imaging import read_image, write_mask
+    from pbf_core.deploy.inputs import group_layer_files, prepare_input
+    from pbf_core.deploy.overlays import render_overlay, write_overlay
 
     segmenter = _load_segmenter(model, device)
     try:
@@ -316,7 +311,7 @@ def quantize(
 ) -> None:
     """Export to ONNX and quantize to static int8; gate both on parity with the fp32 model."""
     from pbf_core.config import QuantizeConfig, load_config
-    from pbf_core.quantization import quantize_model
+    from pbf_core.deploy.quantization import quantize_model
 
     cfg = load_config(
         config, QuantizeConfig, calibration_method=method, calibration_samples=samples
@@ -367,7 +362,8 @@ def benchmark(
     config: Annotated[Path | None, typer.Option(help="YAML BenchmarkConfig preset.")] = None,
 ) -> None:
     """Latency, throughput, size, memory and parity of every variant, in one run."""
-    from pbf_core.benchmarking import benchmark_model, format_markdown
+    from pbf_core.bench.report import format_markdown
+    from pbf_core.bench.runner import benchmark_model
     from pbf_core.config import BenchmarkConfig, load_config
 
     cfg = load_config(

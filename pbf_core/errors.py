@@ -34,3 +34,30 @@ class DatasetError(PbfError, ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class CheckpointError(PbfError, ValueError):
+    """A checkpoint or weights file is missing, not safetensors, or does not fit the model."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ExportError(PbfError, ValueError):
+    """An ONNX file could not be written, read, or does not match its PyTorch model."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class QuantizationError(PbfError, ValueError):
+    """Calibration data or a model file cannot be used for quantization."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

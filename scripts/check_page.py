@@ -27,7 +27,7 @@ def check(url: str, files: list[Path], timeout_s: float) -> list[str]:
     """Drive the page; returns the problems found (empty when the page works)."""
     from playwright.sync_api import Error, sync_playwright
 
-    from pbf_core.imaging import read_image
+    from pbf_core.data.imaging import read_image
 
     problems: list[str] = []
     width = read_image(files[0]).shape[1]

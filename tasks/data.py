@@ -18,9 +18,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
 from pbf_core.config import PrepareConfig, SynthConfig, TrainConfig
-from pbf_core.datasets import LayerRecord, RawSource, load_manifest, write_json
+from pbf_core.data.dataset import load_manifest
+from pbf_core.data.layers import LayerRecord, RawSource
+from pbf_core.data.prepare import LayerOutcome, prepare_layer, summarize
 from pbf_core.errors import DatasetError
-from pbf_core.prepare import LayerOutcome, prepare_layer, summarize
+from pbf_core.files import write_json
 
 
 def file_digest(path: Path) -> str:
@@ -51,7 +53,7 @@ def _synth_key(_: TaskRunContext, params: dict[str, Any]) -> str:
 @task(name="synthesize-build", cache_key_fn=_synth_key, persist_result=True, retries=1)
 def synthesize(cfg: SynthConfig, out: str) -> str:
     """Generate the synthetic build (skipped when the same config already wrote ``out``)."""
-    from pbf_core.synthetic import generate_build
+    from pbf_core.data.synthetic import generate_build
 
     generate_build(out, cfg)
     return out
@@ -64,7 +66,7 @@ def discover_layers(raw: str, staging: str) -> dict:
     Returns:
         ``{"source": RawSource, "digests": [per record], "digest": raw data digest}``.
     """
-    from pbf_core.ingest import discover
+    from pbf_core.data.ingest import discover
 
     source = discover(raw, staging_dir=staging)
     digests = [record_digest(r) for r in source.records]
@@ -111,7 +113,7 @@ def summarize_dataset(
     Raises:
         DatasetError: no usable layer.
     """
-    from pbf_core.patches import data_digest
+    from pbf_core.data.dataset import data_digest
 
     source: RawSource = discovered["source"]
     manifest, report = summarize(source, outcomes, cfg, time.time() - started)
@@ -142,7 +144,8 @@ def split_dataset(dataset: dict, cfg: TrainConfig) -> dict:
     Returns:
         ``{"split": {"train", "val", "test"}, "eval_ids": [...], "eval_digest": str}``.
     """
-    from pbf_core.patches import data_digest, split_layers
+    from pbf_core.data.dataset import data_digest
+    from pbf_core.data.split import split_layers
 
     root = Path(dataset["path"])
     entries = list(load_manifest(root).layers)

@@ -12,12 +12,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pbf_core.config import BenchmarkConfig, QuantizeConfig, TrainConfig
-from pbf_core.datasets import load_manifest
+from pbf_core.data.dataset import load_manifest
 from tasks import reports, tracking
 
 
 def _samples(dataset: dict, ids: list[str]):
-    from pbf_core.patches import load_samples
+    from pbf_core.data.dataset import load_samples
 
     root = Path(dataset["path"])
     by_id = {e.id: e for e in load_manifest(root).layers}
@@ -34,7 +34,7 @@ def train_model(dataset: dict, splits: dict, cfg: TrainConfig, run_id: str, out:
     Raises:
         RuntimeError: training drew another split than the pipeline's split step.
     """
-    from pbf_core.training import train
+    from pbf_core.model.training import train
 
     log_to_mlflow, logger = tracking.epoch_logger(run_id), get_run_logger()
 
@@ -76,8 +76,8 @@ def evaluate_model(
         ``{"evaluation": evaluate(...) dict, "metrics": flat test/* numbers, "gate": promotion
         scores, "artifacts": out}``.
     """
-    from pbf_core.evaluation import evaluate, predict_samples
-    from pbf_core.inference import Segmenter
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.evaluation.scores import evaluate, predict_samples
 
     if model.endswith(".onnx"):
         segmenter = Segmenter.from_onnx(model)
@@ -99,8 +99,8 @@ def evaluate_model(
 @task(name="export-onnx", retries=1, cache_policy=NO_CACHE)
 def export_model(checkpoint: str, out: str) -> dict:
     """Export the checkpoint to ``out`` (fp32 ONNX, spec in its metadata), checked against torch."""
-    from pbf_core.export import export_onnx
-    from pbf_core.models import load_checkpoint
+    from pbf_core.deploy.export import export_onnx
+    from pbf_core.model.checkpoints import load_checkpoint
 
     model, spec = load_checkpoint(checkpoint)
     meta = {**spec.model_dump(mode="json"), "variant": "onnx-fp32"}
@@ -113,8 +113,8 @@ def quantize_model(
     fp32: str, dataset: dict, train_ids: list[str], out: str, cfg: QuantizeConfig
 ) -> str:
     """Static int8 (QDQ) from tiles of the training layers, centred on their labels in part."""
-    from pbf_core.export import read_metadata
-    from pbf_core.quantization import quantize_static, sample_calibration_tiles
+    from pbf_core.deploy.metadata import read_metadata
+    from pbf_core.deploy.quantization import quantize_static, sample_calibration_tiles
 
     tile = cfg.calibration_tile or int(read_metadata(fp32)["tile_size"])
     samples = _samples(dataset, train_ids)
@@ -144,7 +144,8 @@ def benchmark_variants(
         ``{"json", "markdown", "table", "speedup" (onnx-int8 vs torch-fp32 per side), "parity"
         (onnx-int8's), "size_mb" per variant, "metrics" (flat numbers for MLflow)}``.
     """
-    from pbf_core.benchmarking import EvalSet, Variant, benchmark, format_markdown, write_report
+    from pbf_core.bench.report import format_markdown, write_report
+    from pbf_core.bench.runner import EvalSet, Variant, benchmark
 
     variants = [
         Variant("torch-fp32", "torch", Path(checkpoint)),

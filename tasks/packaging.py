@@ -34,9 +34,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from pbf_core.config import Settings
-from pbf_core.errors import PbfError
-from pbf_core.export import ExportError, read_onnx_spec
-from pbf_core.promotion import CHAMPION
+from pbf_core.deploy.metadata import read_onnx_spec
+from pbf_core.errors import ExportError, PbfError
+from pbf_core.evaluation.promotion import CHAMPION
 
 PACKAGE_FORMAT = 1
 VARIANTS = ("int8", "fp32")

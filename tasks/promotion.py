@@ -8,7 +8,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 
 from pbf_core.config import PromotionConfig
-from pbf_core.promotion import Decision, Scores, decide
+from pbf_core.evaluation.promotion import Decision, Scores, decide
 
 
 @task(name="decide-promotion", cache_policy=NO_CACHE)

@@ -10,7 +10,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pbf_core.datasets import Sample, write_json
+from pbf_core.data.dataset import Sample
+from pbf_core.files import write_json
 
 #: Thresholds listed in the threshold table (plus the model's own).
 TABLE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -30,9 +31,9 @@ def write_evaluation(
     """
     from PIL import Image
 
-    from pbf_core.evaluation import validation_curve
-    from pbf_core.inference import find_components, render_overlay
-    from pbf_core.metrics import instance_curve
+    from pbf_core.deploy.overlays import find_components, render_overlay
+    from pbf_core.evaluation.metrics import instance_curve
+    from pbf_core.evaluation.scores import validation_curve
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "evaluation.json", result)

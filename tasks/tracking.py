@@ -30,7 +30,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 
 from pbf_core.config import PipelineConfig, Settings
-from pbf_core.promotion import CHALLENGER, CHAMPION, Decision
+from pbf_core.evaluation.promotion import CHALLENGER, CHAMPION, Decision
 
 #: Where ``mlflow ui`` serves a local tracking store (the summary prints the command).
 LOCAL_UI_URL = "http://127.0.0.1:5000"

@@ -19,7 +19,7 @@ TINY_BUILD = SynthConfig(layers=12, size=96, seed=7, noise_frames=0.35)
 @pytest.fixture(scope="session")
 def synthetic_build(tmp_path_factory) -> Path:
     """A 12-layer 96 px synthetic build with every kind of noise frame (read-only: do not modify)."""
-    from pbf_core.synthetic import generate_build
+    from pbf_core.data.synthetic import generate_build
 
     out = tmp_path_factory.mktemp("build") / "raw"
     generate_build(out, TINY_BUILD)
@@ -29,7 +29,7 @@ def synthetic_build(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_synthetic(synthetic_build, tmp_path_factory) -> Path:
     """The tiny build prepared with the default config (read-only: do not modify)."""
-    from pbf_core.prepare import prepare_dataset
+    from pbf_core.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare_dataset(synthetic_build, out, PrepareConfig())

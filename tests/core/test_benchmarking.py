@@ -10,22 +10,20 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
-from pbf_core.benchmarking import (
-    BenchmarkError,
+from pbf_core.bench.report import (
     BenchmarkReport,
-    EvalSet,
     Latency,
-    Variant,
     VariantResult,
-    benchmark,
     format_markdown,
-    measure_latency,
     write_report,
 )
+from pbf_core.bench.runner import BenchmarkError, EvalSet, Variant, benchmark
+from pbf_core.bench.worker import measure_latency
 from pbf_core.config import BenchmarkConfig, QuantizeConfig
-from pbf_core.export import INPUT_NAME, OUTPUT_NAME, set_metadata, spec_metadata
-from pbf_core.models import ModelSpec
-from pbf_core.quantization import quantize_static, sample_calibration_tiles
+from pbf_core.deploy.export import INPUT_NAME, OUTPUT_NAME
+from pbf_core.deploy.metadata import set_metadata, spec_metadata
+from pbf_core.deploy.quantization import quantize_static, sample_calibration_tiles
+from pbf_core.model.spec import ModelSpec
 
 SMALL = (16, 16, 8, 8, 8)
 SPEC = ModelSpec(tile_size=64, tile_overlap=8, threshold=0.5, decoder_channels=SMALL)
@@ -92,7 +90,7 @@ def test_benchmark_config_rejects_bad_values(bad):
 
 @pytest.fixture(scope="module")
 def onnx_report(onnx_variants, prepared_synthetic):
-    from pbf_core.datasets import load_manifest
+    from pbf_core.data.dataset import load_manifest
 
     ids = tuple(e.id for e in load_manifest(prepared_synthetic).layers[:3])
     cfg = FAST.model_copy(update={"threads": 1})
@@ -202,8 +200,9 @@ def test_markdown_marks_failed_parity():
 def test_benchmark_runs_torch_and_onnx_variants(tmp_path, prepared_synthetic):
     import torch
 
-    from pbf_core.export import export_checkpoint
-    from pbf_core.models import create_model, save_checkpoint
+    from pbf_core.deploy.export import export_checkpoint
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "m.safetensors", create_model(decoder_channels=SMALL), SPEC)
@@ -213,7 +212,7 @@ def test_benchmark_runs_torch_and_onnx_variants(tmp_path, prepared_synthetic):
         Variant("torch-dynamic-int8", "torch", ckpt, dynamic_int8=True),
         Variant("onnx-fp32", "onnx", tmp_path / "m.onnx"),
     ]
-    from pbf_core.datasets import load_manifest
+    from pbf_core.data.dataset import load_manifest
 
     ids = (load_manifest(prepared_synthetic).layers[0].id,)
     report = benchmark(
@@ -229,8 +228,9 @@ def test_benchmark_runs_torch_and_onnx_variants(tmp_path, prepared_synthetic):
 def test_benchmark_model_quantizes_when_needed_and_writes_the_report(tmp_path, prepared_synthetic):
     import torch
 
-    from pbf_core.benchmarking import benchmark_model
-    from pbf_core.models import create_model, save_checkpoint
+    from pbf_core.bench.runner import benchmark_model
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "m.safetensors", create_model(decoder_channels=SMALL), SPEC)

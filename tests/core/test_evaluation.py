@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pbf_core.datasets import Sample, defect_code
-from pbf_core.evaluation import evaluate, score_masks
-from pbf_core.inference import Segmenter
-from pbf_core.models import ModelSpec
+from pbf_core.data.dataset import Sample
+from pbf_core.data.layers import defect_code
+from pbf_core.deploy.inference import Segmenter
+from pbf_core.evaluation.scores import evaluate, score_masks
+from pbf_core.model.spec import ModelSpec
 
 SPEC = ModelSpec(in_channels=1, views=("image",), tile_size=64, tile_overlap=16, threshold=0.5)
 

@@ -7,18 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pbf_core.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ExportError,
-    export_checkpoint,
-    export_onnx,
-    open_session,
-    read_metadata,
-    set_metadata,
-    spec_metadata,
-)
-from pbf_core.models import ModelSpec
+from pbf_core.deploy.export import INPUT_NAME, OUTPUT_NAME, export_checkpoint, export_onnx
+from pbf_core.deploy.metadata import read_metadata, set_metadata, spec_metadata
+from pbf_core.deploy.runtimes import open_session
+from pbf_core.errors import ExportError
+from pbf_core.model.spec import ModelSpec
 
 SMALL = (16, 16, 8, 8, 8)
 
@@ -169,8 +162,9 @@ def test_export_rejects_old_opsets(tmp_path):
 def test_export_checkpoint_carries_the_spec(tmp_path):
     import torch
 
-    from pbf_core.inference import Segmenter
-    from pbf_core.models import create_model, save_checkpoint
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     spec = ModelSpec(decoder_channels=SMALL, tile_size=64, tile_overlap=8, threshold=0.3)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from pbf_core.config import FilterConfig, PrepareConfig, SynthConfig
-from pbf_core.datasets import DEFECT_TYPES, LayerRecord, defect_code
-from pbf_core.filtering import (
+from pbf_core.data.filtering import (
     REJECT_CODES,
     FrameRejected,
     LayerSet,
@@ -19,8 +18,9 @@ from pbf_core.filtering import (
     load_layer_set,
     part_fraction,
 )
-from pbf_core.imaging import normalize, read_mask, write_mask, write_raw_png
-from pbf_core.ingest import discover
+from pbf_core.data.imaging import normalize, read_mask, write_mask, write_raw_png
+from pbf_core.data.ingest import discover
+from pbf_core.data.layers import DEFECT_TYPES, LayerRecord, defect_code
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 REAL = SHARED / "data" / "real"
@@ -369,7 +369,7 @@ def test_bad_instance_mask(tmp_path):
     scope="session", params=[(64, 0), (64, 1), (128, 2)], ids=lambda p: f"{p[0]}px-s{p[1]}"
 )
 def synth_build(request, tmp_path_factory):
-    synthetic = pytest.importorskip("pbf_core.synthetic")
+    synthetic = pytest.importorskip("pbf_core.data.synthetic")
     size, seed = request.param
     out = tmp_path_factory.mktemp("synth") / "build"
     cfg = SynthConfig(layers=12, size=size, seed=seed, noise_frames=0.4)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pbf_core.errors import ImageReadError, LayerSetError
-from pbf_core.imaging import (
+from pbf_core.data.imaging import (
     decode_image,
     integer_percentiles,
     normalize,
@@ -21,6 +20,7 @@ from pbf_core.imaging import (
     write_png16,
     write_raw_png,
 )
+from pbf_core.errors import ImageReadError, LayerSetError
 
 
 @pytest.fixture

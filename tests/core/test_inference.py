@@ -6,17 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from pbf_core.inference import (
+from pbf_core.deploy.inference import Segmenter
+from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.overlays import (
     OVERLAY_RED,
     OVERLAY_YELLOW,
     Component,
-    Segmenter,
     find_components,
-    predict_tiled,
-    prepare_input,
     render_overlay,
 )
-from pbf_core.models import ModelSpec, create_model, save_checkpoint
+from pbf_core.deploy.tiling import predict_tiled
+from pbf_core.model.checkpoints import save_checkpoint
+from pbf_core.model.factory import create_model
+from pbf_core.model.spec import ModelSpec
 
 SMALL = (16, 16, 8, 8, 8)
 
@@ -174,7 +176,7 @@ def test_segmenter_wrong_channel_count(tiny_model):
 @pytest.fixture(scope="module")
 def bare_onnx(tmp_path_factory, tiny_model):
     """The tiny model exported once, without pbf metadata (the export takes ~20 s)."""
-    from pbf_core.export import export_onnx
+    from pbf_core.deploy.export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "bare.onnx"
     export_onnx(tiny_model, path, in_channels=3)
@@ -185,7 +187,7 @@ def bare_onnx(tmp_path_factory, tiny_model):
 def test_segmenter_onnx_reads_spec_from_metadata(tmp_path, tiny_model, bare_onnx):
     import onnx
 
-    from pbf_core.export import set_metadata
+    from pbf_core.deploy.metadata import set_metadata
 
     s = spec(threshold=0.4)
     proto = onnx.load_model(str(bare_onnx))
@@ -209,7 +211,7 @@ def test_onnx_without_spec_is_refused(bare_onnx):
 def test_group_layer_files():
     from pathlib import Path
 
-    from pbf_core.inference import group_layer_files
+    from pbf_core.deploy.inputs import group_layer_files
 
     files = [Path(f) for f in ("x/B1a.png", "x/B1b.png", "x/B1c.png", "x/other.png")]
     groups = group_layer_files(files, ("a", "b", "c"))

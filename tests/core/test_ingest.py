@@ -12,10 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from pbf_core import ingest
+
+from pbf_core.data import archives
+from pbf_core.data.archives import DownloadError, download_kaggle
+from pbf_core.data.imaging import write_raw_png
+from pbf_core.data.ingest import discover, natural_key
 from pbf_core.errors import DatasetError, PbfError
-from pbf_core.imaging import write_raw_png
-from pbf_core.ingest import DownloadError, discover, download_kaggle, natural_key
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 AM04 = SHARED / "data" / "real" / "am04"
@@ -144,7 +146,7 @@ def test_manifest_of_another_kind_falls_back_to_triplets(tmp_path, manifest):
 
 
 def test_generated_synthetic_build_is_recognised(tmp_path):
-    synthetic = pytest.importorskip("pbf_core.synthetic")
+    synthetic = pytest.importorskip("pbf_core.data.synthetic")
     from pbf_core.config import SynthConfig
 
     manifest = synthetic.generate_build(
@@ -365,7 +367,7 @@ def test_zip_bomb_ratio_refused(tmp_path):
 def test_zip_total_size_limit(tmp_path, monkeypatch):
     _triplet(tmp_path / "src", "B1")
     archive = _zip_of(tmp_path / "src", tmp_path / "a.zip")
-    monkeypatch.setattr(ingest, "MAX_UNZIPPED_BYTES", 100)
+    monkeypatch.setattr(archives, "MAX_UNZIPPED_BYTES", 100)
     with pytest.raises(DatasetError, match=r"GiB .*zip bomb"):
         discover(archive, staging_dir=tmp_path / "s")
 

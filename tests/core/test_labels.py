@@ -10,15 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from pbf_core.config import BackgroundLabelConfig, LabelConfig, ThresholdLabelConfig
-from pbf_core.labels import (
-    METHODS,
-    QUALITY_COUNTS,
-    background_labels,
-    label_quality,
-    summarize_quality,
-    synthesize_labels,
-    threshold_labels,
-)
+from pbf_core.data.labels import METHODS, background_labels, synthesize_labels, threshold_labels
+from pbf_core.evaluation.metrics import QUALITY_COUNTS, label_quality, summarize_quality
 
 SIZE = 64
 BOTH = ["threshold", "background"]

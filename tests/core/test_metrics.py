@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pbf_core.datasets import defect_code
-from pbf_core.metrics import (
+from pbf_core.data.layers import defect_code
+from pbf_core.evaluation.metrics import (
     PRCurve,
     dice_score,
     instance_counts,

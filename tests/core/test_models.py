@@ -9,14 +9,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pbf_core.models import (
-    CheckpointError,
-    ModelSpec,
-    create_model,
-    load_checkpoint,
-    read_spec,
-    save_checkpoint,
-)
+from pbf_core.errors import CheckpointError
+from pbf_core.model.checkpoints import load_checkpoint, read_spec, save_checkpoint
+from pbf_core.model.factory import create_model
+from pbf_core.model.spec import ModelSpec
 
 SMALL = (16, 16, 8, 8, 8)
 

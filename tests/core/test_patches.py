@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from pbf_core.config import AugmentConfig
-from pbf_core.datasets import Sample
-from pbf_core.patches import (
-    LayerDataset,
-    PatchDataset,
-    build_augmentation,
-    split_layers,
-    stratum_of,
-    target_of,
-)
+from pbf_core.data.dataset import Sample, target_of
+from pbf_core.data.split import split_layers, stratum_of
+from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation
 
 IDS = [f"L{i:03d}" for i in range(20)]
 

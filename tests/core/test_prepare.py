@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pbf_core.config import PrepareConfig
-from pbf_core.datasets import load_manifest, load_sample
+from pbf_core.data.dataset import load_manifest, load_sample
+from pbf_core.data.prepare import prepare_dataset
 from pbf_core.errors import DatasetError
-from pbf_core.prepare import prepare_dataset
 
 
 def _noise_kinds(build) -> dict[str, str]:

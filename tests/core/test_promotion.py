@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pbf_core.config import PromotionConfig
-from pbf_core.promotion import PromotionError, Scores, decide, metric_key
+from pbf_core.evaluation.promotion import PromotionError, Scores, decide, metric_key
 
 CFG = PromotionConfig()
 

@@ -11,17 +11,18 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 
 from pbf_core.config import QuantizeConfig
-from pbf_core.export import INPUT_NAME, OUTPUT_NAME, open_session, read_metadata, set_metadata
-from pbf_core.models import ModelSpec
-from pbf_core.quantization import (
-    QuantizationError,
-    check_parity,
+from pbf_core.deploy.export import INPUT_NAME, OUTPUT_NAME
+from pbf_core.deploy.metadata import read_metadata, set_metadata
+from pbf_core.deploy.parity import check_parity, match_threshold
+from pbf_core.deploy.quantization import (
     load_split,
-    match_threshold,
     quantize_dynamic_torch,
     quantize_static,
     sample_calibration_tiles,
 )
+from pbf_core.deploy.runtimes import open_session
+from pbf_core.errors import QuantizationError
+from pbf_core.model.spec import ModelSpec
 
 SPEC = ModelSpec(tile_size=64, tile_overlap=8, decoder_channels=(16, 16, 8, 8, 8))
 
@@ -230,7 +231,7 @@ def test_quantize_static_rejects_bad_tiles(fp32_onnx, tmp_path, tiles):
 
 
 def test_quantize_static_rejects_missing_model(tmp_path):
-    from pbf_core.export import ExportError
+    from pbf_core.errors import ExportError
 
     with pytest.raises(ExportError, match="not found"):
         quantize_static(
@@ -346,8 +347,9 @@ def test_dynamic_baseline_quantizes_linear_layers_only():
 
 
 def test_load_split_prefers_split_json(prepared_synthetic, tmp_path):
-    from pbf_core.datasets import load_manifest
-    from pbf_core.models import create_model, save_checkpoint
+    from pbf_core.data.dataset import load_manifest
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import create_model
 
     ids = [e.id for e in load_manifest(prepared_synthetic).layers]
     ckpt = save_checkpoint(
@@ -370,7 +372,8 @@ def test_load_split_prefers_split_json(prepared_synthetic, tmp_path):
 def tiny_checkpoint(tmp_path_factory):
     import torch
 
-    from pbf_core.models import create_model, save_checkpoint
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
@@ -379,7 +382,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.mark.slow
 def test_quantize_model_writes_gated_variants(tiny_checkpoint, prepared_synthetic, tmp_path):
-    from pbf_core.quantization import quantize_model
+    from pbf_core.deploy.quantization import quantize_model
 
     cfg = QuantizeConfig(calibration_samples=4, dice_tolerance=1.0, recall_tolerance=1.0)
     result = quantize_model(tiny_checkpoint, prepared_synthetic, tmp_path / "q", cfg)

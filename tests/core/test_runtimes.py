@@ -5,15 +5,21 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pbf_core.deploy.runtimes as runtimes
 import pytest
 from test_export import tiny_unet
 
-import pbf_core.runtimes as runtimes
 from pbf_core.config import QuantizeConfig
-from pbf_core.export import ExportError, export_onnx, open_session
-from pbf_core.inference import onnx_predictor
-from pbf_core.quantization import quantize_static
-from pbf_core.runtimes import OpenVINOPredictor, open_predictor, resolve_runtime
+from pbf_core.deploy.export import export_onnx
+from pbf_core.deploy.inference import onnx_predictor
+from pbf_core.deploy.quantization import quantize_static
+from pbf_core.deploy.runtimes import (
+    OpenVINOPredictor,
+    open_predictor,
+    open_session,
+    resolve_runtime,
+)
+from pbf_core.errors import ExportError
 
 TILE = 32
 needs_openvino = pytest.mark.skipif(

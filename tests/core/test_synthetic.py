@@ -12,10 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from pbf_core.config import SynthConfig
-from pbf_core.datasets import DEFECT_TYPES, defect_code
-from pbf_core.errors import DatasetError
-from pbf_core.imaging import read_image, read_mask, read_raw_labels
-from pbf_core.synthetic import (
+from pbf_core.data.imaging import read_image, read_mask, read_raw_labels
+from pbf_core.data.layers import DEFECT_TYPES, defect_code
+from pbf_core.data.synthetic import (
     GENERATOR,
     HATCH_ROTATION_DEG,
     NOISE_KINDS,
@@ -23,6 +22,7 @@ from pbf_core.synthetic import (
     plan_frames,
     render_layer,
 )
+from pbf_core.errors import DatasetError
 
 SIZE = 64
 DARK = {"hole", "horizontal", "vertical"}

@@ -10,11 +10,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from pbf_core.config import TrainConfig
-from pbf_core.devices import DeviceError, resolve_device, resolve_precision
-from pbf_core.inference import Segmenter
-from pbf_core.models import create_model, load_checkpoint
-from pbf_core.patches import LayerDataset, PatchDataset
-from pbf_core.training import dice_bce_loss, fit, train
+from pbf_core.deploy.inference import Segmenter
+from pbf_core.model.checkpoints import load_checkpoint
+from pbf_core.model.devices import DeviceError, resolve_device, resolve_precision
+from pbf_core.model.factory import create_model
+from pbf_core.model.loop import fit
+from pbf_core.model.losses import dice_bce_loss
+from pbf_core.model.patches import LayerDataset, PatchDataset
+from pbf_core.model.training import train
 
 SMALL = (16, 16, 8, 8, 8)
 TINY = dict(
@@ -177,7 +180,7 @@ def test_train_job_refuses_non_dataset(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_lr_factor_anneals_to_a_small_floor(schedule):
-    from pbf_core.training import lr_factor
+    from pbf_core.model.schedule import lr_factor
 
     values = [lr_factor(p, schedule) for p in np.linspace(0, 1, 101)]
     assert values[-1] == pytest.approx(1e-3)

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from pbf_core.processes import ServerStartError, free_port, wait_ready
+from helpers.processes import ServerStartError, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.processes import free_port, stop_tree, wait_ready
 from service_support import REPO, bentoml_env, export_tiny_pair
-
-from pbf_core.processes import free_port, stop_tree, wait_ready
 
 #: Small limits, so the size tests need small files: 1 MiB per file, 300k pixels per image.
 SERVER_ENV = {"PBF_SERVE_MAX_UPLOAD_MB": "1", "PBF_SERVE_MAX_PIXELS": "300000"}

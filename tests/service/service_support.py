@@ -28,7 +28,7 @@ def bright_spot_model():
 
 
 def tiny_spec(views=("a", "b", "c")):
-    from pbf_core.models import ModelSpec
+    from pbf_core.model.spec import ModelSpec
 
     return ModelSpec(
         in_channels=len(views),
@@ -43,8 +43,9 @@ def tiny_spec(views=("a", "b", "c")):
 def export_tiny_pair(out: Path) -> dict[str, Path]:
     """fp32 and int8 ONNX files of :func:`bright_spot_model` with the spec in their metadata."""
     from pbf_core.config import QuantizeConfig
-    from pbf_core.export import export_onnx, spec_metadata
-    from pbf_core.quantization import quantize_static
+    from pbf_core.deploy.export import export_onnx
+    from pbf_core.deploy.metadata import spec_metadata
+    from pbf_core.deploy.quantization import quantize_static
 
     spec = tiny_spec()
     fp32 = out / "fp32.onnx"

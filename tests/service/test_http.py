@@ -11,10 +11,9 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from helpers.processes import stop_tree
 from PIL import Image
 from service_support import layer, png_bytes, triplet_files
-
-from pbf_core.processes import stop_tree
 
 pytestmark = pytest.mark.integration
 

@@ -59,7 +59,7 @@ def test_prepared_dir_is_keyed_by_data_and_config(tmp_path):
 
 
 def test_summary_writes_a_loadable_dataset(prepared):
-    from pbf_core.datasets import load_manifest
+    from pbf_core.data.dataset import load_manifest
 
     root = Path(prepared["path"])
     assert data.is_prepared(root)

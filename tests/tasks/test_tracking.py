@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pbf_core.config import PipelineConfig, PromotionConfig, Settings
-from pbf_core.promotion import Scores, decide
+from pbf_core.evaluation.promotion import Scores, decide
 
 NAME = "pbf-defect-segmenter"
 

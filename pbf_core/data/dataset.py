@@ -13,68 +13,19 @@ Prepared dataset layout (written by :func:`pbf_core.prepare.prepare_dataset`)::
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from pbf_core.data.imaging import read_layer, read_mask, read_raw_labels
 from pbf_core.errors import DatasetError
-from pbf_core.imaging import read_layer, read_mask, read_raw_labels
 
-#: Defect types, shared by the synthetic generator and the am04 annotations. Code = index + 1.
-DEFECT_TYPES: tuple[str, ...] = ("hole", "horizontal", "incandescence", "spattering", "vertical")
-
-TRIPLET_VIEWS: tuple[str, ...] = ("a", "b", "c")
 MANIFEST_VERSION = 1
-
-
-def defect_code(kind: str) -> int:
-    """Type name → code stored in ``types/<id>.png`` (1-based; 0 is background)."""
-    try:
-        return DEFECT_TYPES.index(kind.lower()) + 1
-    except ValueError:
-        raise ValueError(
-            f"unknown defect type {kind!r}; valid: {', '.join(DEFECT_TYPES)}"
-        ) from None
-
-
-@dataclass(frozen=True)
-class LayerRecord:
-    """One raw layer as found by ingest, before anything is read.
-
-    Attributes:
-        layer_id: stable id, e.g. ``B0001`` or ``Image12``.
-        views: view name → file; ``a``/``b``/``c`` for triplets (``None`` = missing), ``image``
-            for single-image sources.
-        truth: binary true-mask file, if the source has one.
-        instances: ``(defect type, instance mask file)`` pairs, e.g. am04's per-defect masks.
-        no_defects: the source states the layer is defect-free (empty truth).
-    """
-
-    layer_id: str
-    views: dict[str, Path | None]
-    truth: Path | None = None
-    instances: tuple[tuple[str, Path], ...] = ()
-    no_defects: bool = False
-
-    @property
-    def has_truth(self) -> bool:
-        return self.truth is not None or bool(self.instances) or self.no_defects
-
-
-@dataclass
-class RawSource:
-    """A recognised raw dataset: its format and layer records (raw files are never modified)."""
-
-    root: Path
-    format: str  # "kaggle" | "folder" | "am04" | "synthetic"
-    records: list[LayerRecord] = field(default_factory=list)
-    #: Files that belong to no layer set (unmatched names, stray files), with a reason each.
-    unmatched: list[tuple[str, str]] = field(default_factory=list)
 
 
 class LayerEntry(BaseModel):
@@ -107,22 +58,6 @@ class Manifest(BaseModel):
     @property
     def channels(self) -> int:
         return len(self.views)
-
-
-def write_json(path: str | Path, data: object) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never truncates an existing file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_manifest(root: str | Path) -> Manifest:
@@ -162,3 +97,36 @@ def load_sample(root: str | Path, entry: LayerEntry) -> Sample:
         truth=read_mask(root / entry.truth) if entry.truth else None,
         types=read_raw_labels(root / entry.types) if entry.types else None,
     )
+
+
+def data_digest(root: str | Path, entries: Sequence[LayerEntry]) -> str:
+    """SHA-256 over the ids and file bytes of ``entries`` (image, weak, truth), for lineage."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.id):
+        h.update(e.id.encode())
+        for rel in (e.image, e.weak, e.truth):
+            if rel:
+                h.update(rel.encode())
+                h.update((root / rel).read_bytes())
+    return h.hexdigest()
+
+
+def load_samples(root: str | Path, entries: Sequence[LayerEntry]) -> list[Sample]:
+    """Load prepared layers into memory (see :func:`pbf_core.datasets.load_sample`)."""
+    return [load_sample(root, e) for e in entries]
+
+
+def target_of(sample: Sample, labels: Literal["weak", "truth"]) -> np.ndarray:
+    """The ``(H, W)`` bool training target of a sample: its weak label or its true mask.
+
+    Raises:
+        ValueError: ``truth`` asked for a layer without a true mask.
+    """
+    if labels == "weak":
+        return sample.weak
+    if labels == "truth":
+        if sample.truth is None:
+            raise ValueError(f"layer {sample.id} has no true mask; train with labels=weak")
+        return sample.truth
+    raise ValueError(f"unknown labels {labels!r}; valid: weak, truth")

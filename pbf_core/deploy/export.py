@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,31 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pbf_core.errors import PbfError
-
 if TYPE_CHECKING:
     import onnx
     import torch
 
-    from pbf_core.models import ModelSpec
+from pbf_core.deploy.metadata import set_metadata, spec_metadata
+from pbf_core.deploy.runtimes import open_session
+from pbf_core.errors import ExportError
 
 #: Lowest opset the exporter and the quantizer are tested with (QDQ per-channel needs >= 13).
 ONNX_OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-METADATA_PREFIX = "pbf."
 #: Shapes ``(N, H, W)`` the exported graph is compared with PyTorch at: batch > 1 and non-square,
 #: so a dimension frozen at export time fails the check.
 CHECK_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 64, 64), (2, 64, 96))
-
-
-class ExportError(PbfError, ValueError):
-    """An ONNX file could not be written, read, or does not match its PyTorch model."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -188,51 +177,6 @@ def check_onnx(
     return ExportCheck(tuple(compared), worst, flipped / max(total, 1), ok)
 
 
-def open_session(
-    path: str | Path,
-    threads: int | None = None,
-    optimized: str | Path | None = None,
-    *,
-    spinning: bool = True,
-):
-    """Open an ONNX Runtime CPU session with every graph optimisation on.
-
-    Args:
-        path: ONNX file.
-        threads: intra-op threads (None: ONNX Runtime's default, one per core); inter-op is 1
-            because the U-Net is a single chain.
-        optimized: where to also save the optimised graph (tied to this machine's CPU features).
-        spinning: let worker threads busy-wait between operators (fastest alone; a service whose
-            request threads share the cores should turn it off).
-
-    Returns:
-        An ``onnxruntime.InferenceSession``.
-
-    Raises:
-        ExportError: missing or invalid file.
-    """
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(path, "ONNX file not found")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ExportError(path, f"ONNX Runtime cannot load it: {exc}") from exc
-
-
 def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
     """Rename the exporter's symbolic dims (``s77``…) of input and output to batch/height/width."""
     names = {}
@@ -246,73 +190,6 @@ def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
                 dim.dim_param = names[dim.dim_param]
 
 
-def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
-    """Add or replace ``pbf.<key>`` entries of ``proto.metadata_props``, values stored as JSON."""
-    entries = {p.key: p.value for p in proto.metadata_props}
-    for key, value in metadata.items():
-        entries[METADATA_PREFIX + key] = json.dumps(value)
-    del proto.metadata_props[:]
-    for key, value in entries.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Read the ``pbf.*`` metadata of an ONNX file, JSON values decoded, prefix stripped.
-
-    Raises:
-        ExportError: missing or unreadable file.
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(path, "ONNX file not found")
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ExportError(path, f"not a readable ONNX file: {exc}") from exc
-    if not proto.graph.node:
-        # protobuf parses an empty file as an empty model
-        raise ExportError(path, "not an ONNX model (no graph)")
-    out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        if prop.key.startswith(METADATA_PREFIX):
-            try:
-                out[prop.key[len(METADATA_PREFIX) :]] = json.loads(prop.value)
-            except json.JSONDecodeError:
-                out[prop.key[len(METADATA_PREFIX) :]] = prop.value
-    return out
-
-
-def read_onnx_spec(path: str | Path) -> ModelSpec:
-    """The :class:`~pbf_core.models.ModelSpec` an ONNX file carries in its ``pbf.*`` metadata.
-
-    Raises:
-        ExportError: missing or unreadable file, no spec in the metadata, or an invalid one.
-    """
-    from pbf_core.models import ModelSpec
-
-    meta = read_metadata(path)
-    fields = {k: v for k, v in meta.items() if k in ModelSpec.model_fields}
-    if "arch" not in fields:
-        raise ExportError(path, "no pbf.* model spec in the ONNX metadata")
-    try:
-        return ModelSpec.model_validate(fields)
-    except ValueError as exc:
-        raise ExportError(path, f"invalid model spec in the metadata ({exc})") from None
-
-
-def spec_metadata(spec: Any, variant: str) -> dict[str, Any]:
-    """ONNX metadata of a model: every :class:`~pbf_core.models.ModelSpec` field plus ``variant``.
-
-    The spec's fields are stored flat (``pbf.threshold``, ``pbf.views``, ``pbf.tile_size``,
-    ``pbf.train_data_digest``…) so :meth:`pbf_core.inference.Segmenter.from_onnx` rebuilds the
-    spec from the file alone.
-    """
-    return {**spec.model_dump(mode="json"), "variant": variant}
-
-
 def export_checkpoint(checkpoint: str | Path, path: str | Path) -> ExportCheck:
     """Export a checkpoint (see :func:`pbf_core.models.save_checkpoint`) with its spec embedded.
 
@@ -320,7 +197,7 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path) -> ExportCheck:
         CheckpointError: unreadable checkpoint.
         ExportError: export failed or does not match PyTorch.
     """
-    from pbf_core.models import load_checkpoint
+    from pbf_core.model.checkpoints import load_checkpoint
 
     model, spec = load_checkpoint(checkpoint)
     return export_onnx(

@@ -24,7 +24,7 @@ components (8-connectivity) per layer, then micro-averages over a data set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -37,17 +37,6 @@ _SQUARE3 = np.ones((3, 3), np.uint8)
 #: Resolution of the 8-bit spread map (normalised units); spreads above 255 steps saturate,
 #: which only makes very textured regions (already hard to label) a little more sensitive.
 _SPREAD_STEP = 1.0 / 1024.0
-
-#: Per-layer counts returned by :func:`label_quality` and summed by :func:`summarize_quality`.
-QUALITY_COUNTS: tuple[str, ...] = (
-    "tp",
-    "fp",
-    "fn",
-    "n_true",
-    "n_detected",
-    "n_pred",
-    "n_false_pred",
-)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -277,96 +266,3 @@ def synthesize_labels(image: np.ndarray, cfg: LabelConfig) -> np.ndarray:
             f"unknown label method {cfg.method!r}; valid: {', '.join(METHODS)}"
         ) from None
     return method(image, getattr(cfg, cfg.method))
-
-
-def _check_mask(mask: np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be an (H, W) mask, got shape {mask.shape}")
-    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
-        # A float map is usually a probability map: thresholding it is the caller's decision.
-        raise ValueError(f"{name} must be bool or integer (non-zero = defect), got {mask.dtype}")
-    return mask.astype(bool, copy=False)
-
-
-def label_quality(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
-    """Pixel and instance counts of one predicted mask against the true one.
-
-    Args:
-        pred: ``(H, W)`` bool or integer mask, non-zero = defect (weak label or prediction).
-        truth: ``(H, W)`` bool or integer true mask of the same shape.
-
-    Returns:
-        Counts (keys in :data:`QUALITY_COUNTS`): ``tp``, ``fp``, ``fn`` (pixels); ``n_true``
-        (true 8-connected components), ``n_detected`` (true components touched by ``pred``),
-        ``n_pred`` (predicted components), ``n_false_pred`` (predicted components touching no
-        truth).
-
-    Raises:
-        ValueError: not 2-D, float dtype, or shapes differ.
-    """
-    p = _check_mask(pred, "pred")
-    t = _check_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred shape {p.shape} != truth shape {t.shape}")
-    both = p & t
-    n_true, true_labels = cv2.connectedComponents(t.astype(np.uint8), connectivity=8)
-    n_pred, pred_labels = cv2.connectedComponents(p.astype(np.uint8), connectivity=8)
-    detected = np.unique(true_labels[both])
-    touching = np.unique(pred_labels[both])
-    return {
-        "tp": int(both.sum()),
-        "fp": int((p & ~t).sum()),
-        "fn": int((t & ~p).sum()),
-        "n_true": n_true - 1,
-        "n_detected": int(detected.size),
-        "n_pred": n_pred - 1,
-        "n_false_pred": n_pred - 1 - int(touching.size),
-    }
-
-
-def _ratio(num: int, den: int, empty: float) -> float:
-    return num / den if den else empty
-
-
-def summarize_quality(per_layer: Iterable[dict]) -> dict[str, float | int]:
-    """Micro-average per-layer counts from :func:`label_quality` over a data set.
-
-    Empty denominators take the value a perfect labeller would get, so defect-free layers
-    labelled empty score perfectly and results stay NaN-free (valid JSON):
-    ``precision`` = 1.0 when nothing was predicted, ``recall`` and ``instance_recall`` = 1.0
-    when there is no truth, ``iou`` and ``dice`` = 1.0 when both are empty,
-    ``false_positives_per_image`` = 0.0 over zero layers.
-
-    Args:
-        per_layer: dicts with at least the keys in :data:`QUALITY_COUNTS`.
-
-    Returns:
-        ``precision``, ``recall``, ``iou``, ``dice``, ``instance_recall`` (fractions),
-        ``false_positives_per_image`` (false predicted components per layer), ``layers``, and
-        the summed counts.
-
-    Raises:
-        ValueError: a layer dict lacks one of the counts.
-    """
-    totals = dict.fromkeys(QUALITY_COUNTS, 0)
-    layers = 0
-    for i, counts in enumerate(per_layer):
-        missing = [k for k in QUALITY_COUNTS if k not in counts]
-        if missing:
-            raise ValueError(f"layer {i}: quality counts lack {', '.join(missing)}")
-        for k in QUALITY_COUNTS:
-            totals[k] += int(counts[k])
-        layers += 1
-    tp, fp, fn = totals["tp"], totals["fp"], totals["fn"]
-    return {
-        "precision": _ratio(tp, tp + fp, 1.0),
-        "recall": _ratio(tp, tp + fn, 1.0),
-        "iou": _ratio(tp, tp + fp + fn, 1.0),
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
-        "instance_recall": _ratio(totals["n_detected"], totals["n_true"], 1.0),
-        "false_positives_per_image": _ratio(totals["n_false_pred"], layers, 0.0),
-        "layers": layers,
-        **totals,
-    }

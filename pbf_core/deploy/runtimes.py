@@ -1,28 +1,79 @@
-"""Run an exported ONNX file on the CPU: ONNX Runtime, or OpenVINO where it is installed.
+"""ONNX export of a segmentation model, checked against PyTorch, with its metadata embedded.
 
-Both read the same file (fp32 or the static int8 QDQ model) and give a :data:`PredictFn`.
-OpenVINO's CPU kernels ran our int8 U-Net ~1.5x faster per 256² tile than ONNX Runtime's on the
-2-core EPYC dev box (4.9 vs 7.3 CPU-ms, one thread each; ``benchmarks/serve.py`` measures both),
-so the service takes OpenVINO when it can (``runtime="auto"``). Float parts of a model run in
-float32 under both (OpenVINO would otherwise pick bfloat16 on CPUs that have it).
+The exported graph takes ``image``: ``(N, C, H, W) float32`` (normalised as the model's spec says)
+and returns ``logits``: ``(N, 1, H, W) float32``; batch, height and width are dynamic (H and W must
+be multiples of the encoder's output stride, 32 for the U-Net). Everything needed to use the file
+(views, normalisation, tile size, decision threshold, training-data digest) is written into the
+file's ``metadata_props`` under ``pbf.*`` keys, so a served prediction never depends on a constant
+kept elsewhere.
 
-OpenVINO compiles a model for static input shapes (dynamic ones ran ~9 % slower), so a batch is
-run in chunks of at most ``chunk`` tiles, each chunk size compiled once (~0.4 s) and kept.
+``torch`` and ``onnx`` are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    pass
 import importlib.util
 import logging
 import threading
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
+from pbf_core.deploy.inference import onnx_predictor, sigmoid
+from pbf_core.deploy.tiling import PredictFn
+from pbf_core.errors import ExportError
 
-from pbf_core.export import ExportError, open_session
-from pbf_core.inference import PredictFn, onnx_predictor, sigmoid
+
+def open_session(
+    path: str | Path,
+    threads: int | None = None,
+    optimized: str | Path | None = None,
+    *,
+    spinning: bool = True,
+):
+    """Open an ONNX Runtime CPU session with every graph optimisation on.
+
+    Args:
+        path: ONNX file.
+        threads: intra-op threads (None: ONNX Runtime's default, one per core); inter-op is 1
+            because the U-Net is a single chain.
+        optimized: where to also save the optimised graph (tied to this machine's CPU features).
+        spinning: let worker threads busy-wait between operators (fastest alone; a service whose
+            request threads share the cores should turn it off).
+
+    Returns:
+        An ``onnxruntime.InferenceSession``.
+
+    Raises:
+        ExportError: missing or invalid file.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(path, "ONNX file not found")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(path, f"ONNX Runtime cannot load it: {exc}") from exc
+
 
 Runtime = Literal["auto", "openvino", "onnxruntime"]
 

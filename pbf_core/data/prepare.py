@@ -16,12 +16,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pbf_core.config import PrepareConfig
-from pbf_core.datasets import LayerEntry, LayerRecord, Manifest, RawSource, write_json
+from pbf_core.data.dataset import LayerEntry, Manifest
+from pbf_core.data.filtering import FrameRejected, load_layer_set
+from pbf_core.data.imaging import write_mask, write_png16, write_raw_png
+from pbf_core.data.ingest import discover
+from pbf_core.data.labels import METHODS, synthesize_labels
+from pbf_core.data.layers import LayerRecord, RawSource
 from pbf_core.errors import DatasetError
-from pbf_core.filtering import FrameRejected, load_layer_set
-from pbf_core.imaging import write_mask, write_png16, write_raw_png
-from pbf_core.ingest import discover
-from pbf_core.labels import METHODS, label_quality, summarize_quality, synthesize_labels
+from pbf_core.evaluation.metrics import label_quality, summarize_quality
+from pbf_core.files import write_json
 
 Progress = Callable[[int, int], None]
 

@@ -45,9 +45,10 @@ import cv2
 import numpy as np
 
 from pbf_core.config import SynthConfig
-from pbf_core.datasets import DEFECT_TYPES, TRIPLET_VIEWS, defect_code, write_json
+from pbf_core.data.imaging import write_mask, write_raw_png
+from pbf_core.data.layers import DEFECT_TYPES, TRIPLET_VIEWS, defect_code
 from pbf_core.errors import DatasetError
-from pbf_core.imaging import write_mask, write_raw_png
+from pbf_core.files import write_json
 
 GENERATOR = "pbf-synth"
 GENERATOR_VERSION = 1

@@ -27,9 +27,7 @@ import cv2
 import numpy as np
 
 from pbf_core.config import FilterConfig, PrepareConfig
-from pbf_core.datasets import DEFECT_TYPES, TRIPLET_VIEWS, LayerRecord, defect_code
-from pbf_core.errors import ImageReadError, LayerSetError, PbfError
-from pbf_core.imaging import (
+from pbf_core.data.imaging import (
     full_scale,
     normalize,
     read_image,
@@ -37,6 +35,8 @@ from pbf_core.imaging import (
     read_raw_labels,
     stack_layers,
 )
+from pbf_core.data.layers import DEFECT_TYPES, TRIPLET_VIEWS, LayerRecord, defect_code
+from pbf_core.errors import ImageReadError, LayerSetError, PbfError
 
 RejectCode = Literal[
     "incomplete", "unreadable", "size_mismatch", "blank", "saturated", "no_content", "bad_mask"

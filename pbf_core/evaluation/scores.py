@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pbf_core.datasets import Sample
-from pbf_core.inference import Segmenter
-from pbf_core.metrics import (
+from pbf_core.data.dataset import Sample
+from pbf_core.deploy.inference import Segmenter
+from pbf_core.evaluation.metrics import (
     PixelStats,
     PRCurve,
     instance_counts,

@@ -8,8 +8,7 @@ import sys
 
 import psutil
 import pytest
-
-from pbf_core.processes import ServerStartError, free_port, stop_tree, wait_ready
+from helpers.processes import ServerStartError, free_port, stop_tree, wait_ready
 
 
 def test_free_port_can_be_bound():
@@ -61,7 +60,7 @@ def test_wait_ready_times_out_naming_the_url(tmp_path):
 _HEAP = """
 import ctypes, sys
 import numpy as np
-from pbf_core.processes import keep_freed_memory
+from pbf_core.serving.memory import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in (

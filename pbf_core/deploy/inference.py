@@ -1,0 +1,167 @@
+"""Run a trained segmenter on whole layers: tiles at native resolution, stitched, thresholded.
+
+Nothing here trains. A :class:`Segmenter` wraps either a torch module or an ONNX Runtime session
+behind one ``predict(batch) -> probabilities`` function, so the service, the batch flow and the
+evaluation share one code path. Layers are never resized: a layer is cut into overlapping
+``tile_size`` tiles (from the model's :class:`~pbf_core.models.ModelSpec`), each tile's
+probabilities are weighted by a Hann window (tile borders, where the network sees least context,
+count least) and the weighted sum is divided by the summed weights.
+
+``torch`` and ``onnxruntime`` are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pbf_core.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.overlays import Component, find_components
+from pbf_core.deploy.tiling import PredictFn, predict_tiled
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmented layer: ``prob`` ``(H, W)`` float32, ``mask`` ``(H, W)`` bool, components."""
+
+    prob: np.ndarray
+    mask: np.ndarray
+    components: tuple[Component, ...]
+    threshold: float
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function of logits, as float32 (clipped: no overflow warnings)."""
+    return (1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))).astype(np.float32)
+
+
+def torch_predictor(
+    model: torch.nn.Module,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> PredictFn:
+    """Wrap a logits model as a :data:`PredictFn` (eval mode, no gradients).
+
+    Args:
+        model: maps ``(N, C, h, w)`` to logits ``(N, 1, h, w)``; moved to ``device`` and put in
+            eval mode by the returned function at each call, so a model still in training can be
+            validated with it.
+        autocast_dtype: bf16/fp16 autocast, or None for float32.
+    """
+    import torch
+
+    from pbf_core.model.devices import autocast
+
+    dev = torch.device(device)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.inference_mode(), autocast(dev, autocast_dtype):
+                logits = model(x)
+            return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+        finally:
+            model.train(was_training)
+
+    return predict
+
+
+def onnx_predictor(session: Any) -> PredictFn:
+    """Wrap an ``onnxruntime.InferenceSession`` (input ``(N, C, H, W)``, logits output)."""
+    name = session.get_inputs()[0].name
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        (logits, *_) = session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})
+        return sigmoid(logits[:, 0])
+
+    return predict
+
+
+class Segmenter:
+    """A trained model plus its spec: raw or prepared layer in, :class:`Segmentation` out."""
+
+    def __init__(self, predict: PredictFn, spec: ModelSpec, batch_size: int = 4) -> None:
+        self.predict = predict
+        self.spec = spec
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        spec: ModelSpec,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 4,
+    ) -> Segmenter:
+        """Wrap a torch model (``device``/``precision`` as in :mod:`pbf_core.devices`)."""
+        import torch
+
+        from pbf_core.model.devices import resolve_device, resolve_precision
+
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+        # channels-last: 512 px layer on one AVX512 core, fp32 0.56 → 0.32-0.41 CPU s, bf16 0.21 s
+        model = model.to(dev).eval().to(memory_format=torch.channels_last)
+        return cls(torch_predictor(model, dev, dtype, channels_last=True), spec, batch_size)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "cpu", precision: str = "fp32", batch_size: int = 4
+    ) -> Segmenter:
+        """Load a safetensors checkpoint (see :func:`pbf_core.models.load_checkpoint`)."""
+        from pbf_core.model.checkpoints import load_checkpoint
+
+        model, spec = load_checkpoint(path)
+        return cls.from_model(model, spec, device, precision, batch_size)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        spec: ModelSpec | None = None,
+        providers: list[str] | None = None,
+        batch_size: int = 4,
+    ) -> Segmenter:
+        """Run an ONNX file with ONNX Runtime; the spec defaults to the file's ``pbf.*`` metadata.
+
+        Raises:
+            ValueError: no ``spec`` given and the file carries none.
+        """
+        import onnxruntime as ort
+
+        if spec is None:
+            from pbf_core.deploy.metadata import read_onnx_spec
+
+            spec = read_onnx_spec(path)  # ExportError (a ValueError) without one
+        session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        return cls(onnx_predictor(session), spec, batch_size)
+
+    def predict_proba(self, image: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """``(H, W)`` float32 defect probabilities of a raw or prepared layer."""
+        x = prepare_input(image, self.spec)
+        return predict_tiled(
+            self.predict, x, self.spec.tile_size, self.spec.tile_overlap, self.batch_size
+        )
+
+    def segment(
+        self, image: np.ndarray | Mapping[str, np.ndarray], threshold: float | None = None
+    ) -> Segmentation:
+        """Probabilities, mask (``prob >= threshold``, the spec's by default) and components."""
+        th = self.spec.threshold if threshold is None else threshold
+        prob = self.predict_proba(image)
+        mask = prob >= th
+        return Segmentation(prob, mask, find_components(mask, prob), th)

@@ -1,0 +1,100 @@
+"""Run a trained segmenter on whole layers: tiles at native resolution, stitched, thresholded.
+
+Nothing here trains. A :class:`Segmenter` wraps either a torch module or an ONNX Runtime session
+behind one ``predict(batch) -> probabilities`` function, so the service, the batch flow and the
+evaluation share one code path. Layers are never resized: a layer is cut into overlapping
+``tile_size`` tiles (from the model's :class:`~pbf_core.models.ModelSpec`), each tile's
+probabilities are weighted by a Hann window (tile borders, where the network sees least context,
+count least) and the weighted sum is divided by the summed weights.
+
+``torch`` and ``onnxruntime`` are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pbf_core.data.imaging import normalize, stack_layers, to_gray
+from pbf_core.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    pass
+
+
+def prepare_input(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """Turn a raw layer into the network's ``(C, H, W)`` float32 input, as ``pbf prepare`` does.
+
+    Args:
+        raw: one of
+            - a mapping view name → ``(H, W[, 3])`` uint8/uint16 image, with every view in
+              ``spec.views`` (e.g. ``{"a": …, "b": …, "c": …}``);
+            - an ``(H, W)`` or ``(H, W, 3|4)`` uint8/uint16 image for a single-view model
+              (colour is averaged to grey);
+            - an ``(H, W, 3|4)`` uint8/uint16 image whose R, G, B channels are the three views
+              of a triplet model (how prepared datasets store them);
+            - ``(C, H, W)`` uint8/uint16 raw views in ``spec.views`` order;
+            - ``(C, H, W)`` float32 in [0, 1], already normalised (e.g. a prepared layer).
+        spec: views, normalisation and percentiles of the model.
+
+    Raises:
+        ValueError: missing views, or a shape/channel count the model cannot take.
+    """
+    c = spec.in_channels
+    if isinstance(raw, Mapping):
+        missing = [v for v in spec.views if v not in raw]
+        if missing:
+            raise ValueError(f"missing view(s) {', '.join(missing)}; the model needs {spec.views}")
+        stacked = stack_layers({v: raw[v] for v in spec.views}, layer_id="input")
+    else:
+        arr = np.asarray(raw)
+        if np.issubdtype(arr.dtype, np.floating):
+            if arr.ndim == 2 and c == 1:
+                arr = arr[None]
+            if arr.ndim != 3 or arr.shape[0] != c:
+                raise ValueError(f"normalised input must be ({c}, H, W), got shape {arr.shape}")
+            return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[0] != c and c == 3:
+            # an RGB file whose channels are the views, as prepared datasets store triplets
+            stacked = np.moveaxis(arr[:, :, :3], 2, 0)
+        elif arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[0] != c):
+            if c != 1:
+                raise ValueError(
+                    f"the model takes {c} views {spec.views}; pass them as a mapping, "
+                    f"({c}, H, W) or an RGB image of the views, got shape {arr.shape}"
+                )
+            stacked = to_gray(arr)[None]
+        elif arr.ndim == 3 and arr.shape[0] == c:
+            stacked = arr
+        else:
+            raise ValueError(f"cannot read input of shape {arr.shape} for {c} channel(s)")
+    lo, hi = spec.percentiles
+    return np.stack([normalize(v, spec.normalization, lo, hi) for v in stacked], axis=0)
+
+
+def group_layer_files(paths: list[Path], views: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """Group input files into layers: ``(name, {view: path})`` in input order.
+
+    For a multi-view model, files whose stem ends in a view name (``B0001a.png``,
+    ``B0001b.png``, ``B0001c.png``) form one layer named by the common prefix, once every view
+    is present; any other file is one layer on its own (``{"": path}``: a single-view image, or
+    an RGB image of the views).
+
+    Raises:
+        ValueError: a triplet with missing views.
+    """
+    groups: dict[str, dict] = {}
+    for p in paths:
+        stem = p.stem
+        if len(views) > 1 and len(stem) > 1 and stem[-1].lower() in views:
+            groups.setdefault(stem[:-1], {})[stem[-1].lower()] = p
+        else:
+            groups[stem] = {"": p}
+    for name, found in groups.items():
+        if "" not in found and set(found) != set(views):
+            missing = sorted(set(views) - set(found))
+            raise ValueError(f"layer {name}: missing view file(s) {', '.join(missing)}")
+    return list(groups.items())

@@ -1,0 +1,42 @@
+"""Train a segmentation network on defect-biased patches, validated on whole held-out layers.
+
+:func:`fit` is the loop (device, mixed precision, schedule, early stopping, best weights, time
+budget, per-epoch callback); :func:`train` is the whole job behind ``pbf train``: split a
+prepared dataset by layer, fit, pick the decision threshold on the validation layers' PR curve,
+score the test layers against true masks and weak labels, and write a safetensors checkpoint
+whose :class:`~pbf_core.models.ModelSpec` carries everything inference needs.
+
+Progress is reported through ``on_epoch_end(metrics: dict)``, never by importing a tracker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0, dice_weight: float = 1.0
+) -> torch.Tensor:
+    """BCE (defect pixels weighted ``pos_weight``) + ``dice_weight`` × soft Dice loss.
+
+    The Dice term is computed over the whole batch (not per patch), so patches without defects
+    do not push towards an empty prediction with a Dice of 0/0.
+
+    Args:
+        logits, target: ``(N, 1, H, W)`` float; target in {0, 1}.
+    """
+    import torch
+    from torch.nn.functional import binary_cross_entropy_with_logits
+
+    logits = logits.float()
+    weight = torch.tensor(pos_weight, device=logits.device)
+    bce = binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    if dice_weight == 0:
+        return bce
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum()
+    dice = 1 - (2 * inter + 1) / (prob.sum() + target.sum() + 1)
+    return bce + dice_weight * dice
