@@ -28,18 +28,15 @@ def test_service_import_chain_has_no_torch(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_serving_settings_defaults_and_heap_tuning(tmp_path):
-    """In-process inference by default (3 tiles per call), 16 per call to the batching service;
-    the heap tuning applies on glibc and is off at 0."""
+def test_tracking_source_import_chain_has_no_prefect_or_torch(tmp_path):
+    """The bento carries ``tasks/tracking/`` for ``PBF_SERVE_SOURCE=tracking``, not Prefect or torch."""
     code = (
-        "import platform, service as s; S = s.ServeSettings; "
-        "print(S().batching, S().tiles_per_inference, S(batching=True).tiles_per_inference, "
-        "S(tiles_per_call=5).tiles_per_inference, s.keep_freed_memory(0), "
-        "s.keep_freed_memory(64) == (platform.libc_ver()[0] == 'glibc'))"
+        "import sys, tasks.tracking.registry, tasks.tracking.store; "
+        "heavy = sorted(m for m in ('torch', 'prefect', 'segmentation_models_pytorch') "
+        "if m in sys.modules); print(heavy); sys.exit(1 if heavy else 0)"
     )
     done = run([sys.executable, "-c", code], tmp_path / "home", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split() == ["False", "3", "16", "5", "False", "True"]
 
 
 @pytest.mark.integration
@@ -59,7 +56,11 @@ def test_bentoml_build_carries_model_page_and_no_torch(bentoml_home, tmp_path):
     names = set(members)
     for needed in ("src/service.py", "src/static/index.html", "src/static/app.js"):
         assert needed in names
-    assert "src/pbf_core/inference.py" in names
+    for module in ("pbf_core/deploy/inference.py", "pbf_core/serving/segmentation.py"):
+        assert f"src/{module}" in names
+    # PBF_SERVE_SOURCE=tracking: the one registry download, without Prefect's tasks
+    assert {"src/tasks/__init__.py", "src/tasks/tracking/registry.py"} <= names
+    assert "src/tasks/registry.py" not in names
     models = {n for n in names if n.startswith("models/pbf-defect-segmenter/")}
     assert any(n.endswith("/int8.onnx") for n in models), sorted(names)
     assert any(n.endswith("/fp32.onnx") for n in models)

@@ -97,3 +97,29 @@ def test_service_loads_from_tracking_store(registry, tmp_path, variant, version)
     assert done.returncode == 0, done.stderr[-3000:]
     alias = "champion" if variant == "int8" else "champion-fp32"
     assert done.stdout.split() == [version, variant, f"models:/pbf-defect-segmenter@{alias}", "0.5"]
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        pytest.param(None, "needs PBF_TRACKING_URI or MLFLOW_TRACKING_URI", id="no-tracking-uri"),
+        pytest.param("empty", "has no version with the alias @champion", id="no-alias"),
+    ],
+)
+def test_tracking_source_without_a_champion_says_why(tmp_path, uri, words):
+    code = (
+        "import pathlib, service\n"
+        "try:\n"
+        "    service._from_tracking(service.SETTINGS, pathlib.Path(r'%s'))\n"
+        "except service.ModelNotReadyError as exc:\n"
+        "    print(exc)\n"
+    ) % (tmp_path / "download")
+    extra = {"PBF_SERVE_SOURCE": "tracking", "PBF_STATE_DIR": str(tmp_path / "state")}
+    if uri:
+        extra["PBF_TRACKING_URI"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    env = bentoml_env(tmp_path / "bentoml", **extra)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert words in done.stdout
