@@ -53,12 +53,14 @@ def main() -> int:
     args = ap.parse_args()
 
     from pbf_core.config import LabelConfig, TrainConfig, load_config
+    from pbf_core.data.dataset import open_dataset
     from pbf_core.data.labels import METHODS, synthesize_labels
+    from pbf_core.data.split import split_dataset
     from pbf_core.deploy.inference import Segmenter
     from pbf_core.evaluation.metrics import (
+        instance_counts,
         instance_curve,
-        label_quality,
-        summarize_quality,
+        instance_metrics,
         type_recall,
         type_recall_counts,
     )
@@ -77,13 +79,13 @@ def main() -> int:
         budget_clock=args.clock,
         seed=args.seed,
     )
-    setup = setup_training(args.data, cfg)
+    dataset = split_dataset(open_dataset(args.data), cfg)
+    setup = setup_training(dataset, cfg)
     t0 = time.perf_counter()
     history = fit(setup.model, setup.train_loader, setup.val, cfg, progress=True)
     train_s = time.perf_counter() - t0
     with torch_threads(cfg.threads):
-        final = finish_training(setup, history, cfg)
-    spec = final["spec"]
+        spec, evaluation = finish_training(setup, history, cfg)
     seg = Segmenter.from_model(setup.model, spec, device=history.device, precision="fp32")
     val, test = setup.samples["val"], setup.samples["test"]
     val_probs, test_probs = predict_samples(seg, val), predict_samples(seg, test)
@@ -94,8 +96,8 @@ def main() -> int:
         per_split = {}
         for name, samples in (("val", val), ("test", test)):
             masks = [synthesize_labels(s.image, label_cfg) for s in samples]
-            q = summarize_quality(
-                label_quality(m, s.truth) for m, s in zip(masks, samples, strict=True)
+            q = instance_metrics(
+                instance_counts(m, s.truth) for m, s in zip(masks, samples, strict=True)
             )
             q["per_type"] = type_recall(
                 type_recall_counts(m, s.truth, s.types)
@@ -121,10 +123,10 @@ def main() -> int:
             "val_fp_budget": budget,
             "threshold": th,
             "test_model": {
-                "instance_recall": scored["instance"]["instance_recall"],
-                "false_positives_per_image": scored["instance"]["false_positives_per_image"],
-                "pixel": scored["pixel"],
-                "per_type": scored.get("per_type"),
+                "instance_recall": scored.instance["instance_recall"],
+                "false_positives_per_image": scored.instance["false_positives_per_image"],
+                "pixel": dict(scored.pixel),
+                "per_type": scored.per_type,
             },
             "test_baseline": {
                 "instance_recall": q["test"]["instance_recall"],
@@ -136,7 +138,7 @@ def main() -> int:
     result = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": str(args.data),
-        "split": setup.split,
+        "split": dataset.split.to_dict(),
         "train_s": round(history.seconds, 1),
         "budget_clock": cfg.budget_clock,
         "wall_s": round(train_s, 1),
@@ -146,7 +148,7 @@ def main() -> int:
         "device": history.device,
         "precision": history.precision,
         "load_avg_end": os.getloadavg(),
-        "model_at_val_max_dice_threshold": final["metrics"]["truth"],
+        "model_at_val_max_dice_threshold": evaluation.truth.to_dict(),
         "baselines": baselines,
         "at_baseline_false_positives": comparisons,
         "test_instance_curve": test_curve,

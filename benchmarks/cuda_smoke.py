@@ -53,8 +53,8 @@ def run(work: Path, report: dict) -> None:
     import torch
 
     from pbf_core.config import PrepareConfig, SynthConfig, TrainConfig
-    from pbf_core.data.dataset import load_samples
     from pbf_core.data.prepare import prepare_dataset
+    from pbf_core.data.split import split_dataset
     from pbf_core.data.synthetic import generate_build
     from pbf_core.deploy.inference import Segmenter
     from pbf_core.model.checkpoints import load_checkpoint
@@ -62,7 +62,7 @@ def run(work: Path, report: dict) -> None:
     from pbf_core.model.factory import create_model
     from pbf_core.model.loop import fit
     from pbf_core.model.losses import dice_bce_loss
-    from pbf_core.model.training import setup_training, train
+    from pbf_core.model.training import setup_training, train_model
 
     checks, timings = report["checks"], report["timings_s"]
     checks["cuda_available"] = torch.cuda.is_available()
@@ -77,7 +77,7 @@ def run(work: Path, report: dict) -> None:
     t = time.perf_counter()
     raw, data = work / "raw", work / "prepared"
     generate_build(raw, SynthConfig(layers=16, size=256, seed=0, noise_frames=0.0))
-    prepare_dataset(raw, data, PrepareConfig())
+    prepared = prepare_dataset(raw, data, PrepareConfig())
     timings["synth_and_prepare"] = time.perf_counter() - t
 
     cfg = TrainConfig(
@@ -93,7 +93,8 @@ def run(work: Path, report: dict) -> None:
         num_workers=2,
     )
     t = time.perf_counter()
-    result = train(data, work / "run", cfg, progress=False)
+    dataset = split_dataset(prepared, cfg)
+    result = train_model(dataset, cfg, work / "run", progress=False)
     timings["train_4_epochs"] = time.perf_counter() - t
     h = result.history
     losses = [e["train_loss"] for e in h.epochs]
@@ -103,7 +104,9 @@ def run(work: Path, report: dict) -> None:
         "epochs": len(h.epochs),
         "losses": losses,
         "val_dice": [e["val_dice"] for e in h.epochs],
-        "test_truth_pixel": (result.metrics["truth"] or {}).get("pixel"),
+        "test_truth_pixel": dict(result.evaluation.truth.pixel)
+        if result.evaluation.truth
+        else None,
         "threshold": result.spec.threshold,
     }
     checks["trained_on_cuda"] = h.device.startswith("cuda")
@@ -114,7 +117,7 @@ def run(work: Path, report: dict) -> None:
     # fp16 with the gradient scaler, the path of GPUs without bf16
     t = time.perf_counter()
     fp16 = cfg.model_copy(update={"precision": "fp16", "epochs": 1, "steps_per_epoch": 5})
-    setup = setup_training(data, fp16)
+    setup = setup_training(dataset, fp16)
     h16 = fit(setup.model, setup.train_loader, setup.val, fp16, progress=False)
     timings["fit_fp16_5_steps"] = time.perf_counter() - t
     checks["fp16_fit_finite"] = bool(np.isfinite(h16.epochs[0]["train_loss"]))
@@ -124,7 +127,7 @@ def run(work: Path, report: dict) -> None:
     checks["checkpoint_reloads_on_cuda"] = next(model.parameters()).is_cuda
     timings["load_checkpoint"] = time.perf_counter() - t
 
-    layer = load_samples(data, list(setup.manifest.layers[:1]))[0]
+    layer = dataset.samples([dataset.entries()[0].id])[0]
     gpu = Segmenter.from_checkpoint(result.checkpoint, device="cuda", precision="auto")
     cpu = Segmenter.from_checkpoint(result.checkpoint, device="cpu", precision="fp32")
     gpu.segment(layer.image)  # warm-up (cuDNN autotuning)

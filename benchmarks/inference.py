@@ -24,8 +24,10 @@ import tempfile
 from pathlib import Path
 
 from pbf_core.bench.report import format_markdown
-from pbf_core.bench.runner import benchmark_model
-from pbf_core.config import BenchmarkConfig, PrepareConfig, QuantizeConfig, SynthConfig
+from pbf_core.bench.runner import benchmark_model, onnx_files
+from pbf_core.config import BenchmarkConfig, PrepareConfig, QuantizeConfig, SynthConfig, TrainConfig
+from pbf_core.data.dataset import open_dataset
+from pbf_core.data.split import Split, split_dataset
 
 #: The prototype's README (seed/SEED-README.md), "Quantization Impact": its only measurements.
 PROTOTYPE = """\
@@ -48,6 +50,17 @@ def _untrained_checkpoint(work: Path) -> Path:
     torch.manual_seed(0)
     spec = ModelSpec(labels="truth")
     return save_checkpoint(work / "untrained.safetensors", model_from_spec(spec), spec)
+
+
+def _split(model: Path, data: Path):
+    """The dataset split as the model was trained (its split.json), or freshly for an untrained one."""
+    dataset = open_dataset(data)
+    saved = model.parent / "split.json"
+    if saved.is_file():
+        return dataset.with_split(Split.load(saved))
+    split = split_dataset(dataset, TrainConfig(labels="truth")).split
+    split.save(saved)
+    return dataset.with_split(split)
 
 
 def _synthetic_data(work: Path) -> Path:
@@ -77,15 +90,12 @@ def main() -> None:
         work = args.work or Path(tmp)
         model = args.model or _untrained_checkpoint(work)
         data = args.data or _synthetic_data(work)
+        dataset = _split(model, data)
+        fp32, int8 = onnx_files(model, work / "onnx", dataset, qcfg)
         report = benchmark_model(
-            model,
-            args.out,
-            data,
-            work / "onnx",
-            cfg,
-            qcfg,
+            model, fp32, int8, args.out, cfg, dataset=dataset, quantize_cfg=qcfg,
             progress=lambda done, total: print(f"measured {done}/{total}", flush=True),
-        )
+        )  # fmt: skip
     md = format_markdown(report)
     if args.model is None:
         md = "Untrained model (speed, size and memory only; parity is not meaningful).\n\n" + md

@@ -28,11 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pbf_core.data import imaging
 from pbf_core.config import LabelConfig, SynthConfig
+from pbf_core.data import imaging
 from pbf_core.data.labels import METHODS
 from pbf_core.data.layers import DEFECT_TYPES, TRIPLET_VIEWS
-from pbf_core.evaluation.metrics import label_quality, summarize_quality
+from pbf_core.evaluation.metrics import instance_counts, instance_metrics
 from pbf_core.files import write_json
 
 _AM04_INSTANCE = re.compile(r"_PD_\d+_(?P<kind>[A-Za-z]+)\.png$")
@@ -118,7 +118,7 @@ def evaluate(layers: Iterator[Layer], rows: dict[str, tuple[Callable, object]]) 
             t0 = time.perf_counter()
             pred = method(layer.image, sub)
             times[name].append((time.perf_counter() - t0) * 1e3)
-            per_layer[name].append({"id": layer.layer_id, **label_quality(pred, layer.truth)})
+            per_layer[name].append({"id": layer.layer_id, **instance_counts(pred, layer.truth)})
             for kind, mask in layer.instances:
                 hit = pred & mask
                 counts = by_type[name][kind]
@@ -128,7 +128,7 @@ def evaluate(layers: Iterator[Layer], rows: dict[str, tuple[Callable, object]]) 
                 counts[3] += int(hit.sum())
     return {
         name: {
-            "summary": summarize_quality(per_layer[name]),
+            "summary": instance_metrics(per_layer[name]),
             "by_type": {
                 kind: {
                     "instances": n,

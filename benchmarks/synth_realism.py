@@ -37,8 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pbf_core.data import imaging
 from pbf_core.config import SynthConfig
+from pbf_core.data import imaging
 from pbf_core.data.layers import DEFECT_TYPES
 from pbf_core.data.synthetic import generate_build, render_layer
 from pbf_core.files import write_json

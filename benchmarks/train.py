@@ -67,6 +67,8 @@ def main() -> int:
     import torch
 
     from pbf_core.config import TrainConfig, load_config
+    from pbf_core.data.dataset import open_dataset
+    from pbf_core.data.split import split_dataset
     from pbf_core.deploy.inference import Segmenter
     from pbf_core.evaluation.scores import evaluate
     from pbf_core.model.checkpoints import save_checkpoint
@@ -84,7 +86,8 @@ def main() -> int:
         threads=args.threads,
         budget_clock=args.clock,
     )
-    setup = setup_training(data, cfg)
+    dataset = split_dataset(open_dataset(data), cfg)
+    setup = setup_training(dataset, cfg)
     test = setup.samples["test"]
     if not test or any(s.truth is None for s in test):
         raise SystemExit("the benchmark needs test layers with true masks")
@@ -96,18 +99,18 @@ def main() -> int:
         nonlocal reached
         spec = _spec_for(setup, cfg, metrics["val_threshold"])
         seg = Segmenter.from_model(setup.model, spec, device="cpu", precision="fp32")
-        truth = evaluate(seg, test)["truth"]
+        truth = evaluate(seg, test).truth
         row = {
             "epoch": int(metrics["epoch"]) + 1,
             "train_s": round(metrics["elapsed_s"], 1),
             "wall_s": round(metrics["wall_s"], 1),
             "val_dice": round(metrics["val_dice"], 4),
             "threshold": metrics["val_threshold"],
-            "test_dice": round(truth["pixel"]["dice"], 4),
-            "test_recall": round(truth["pixel"]["recall"], 4),
-            "test_precision": round(truth["pixel"]["precision"], 4),
-            "test_instance_recall": round(truth["instance"]["instance_recall"], 4),
-            "test_fp_per_image": round(truth["instance"]["false_positives_per_image"], 3),
+            "test_dice": round(truth.pixel["dice"], 4),
+            "test_recall": round(truth.pixel["recall"], 4),
+            "test_precision": round(truth.pixel["precision"], 4),
+            "test_instance_recall": round(truth.instance["instance_recall"], 4),
+            "test_fp_per_image": round(truth.instance["false_positives_per_image"], 3),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -119,8 +122,8 @@ def main() -> int:
     history = fit(setup.model, setup.train_loader, setup.val, cfg, score_epoch, progress=False)
     wall = time.perf_counter() - t0
     with torch_threads(cfg.threads):
-        final = finish_training(setup, history, cfg)
-    truth = final["metrics"]["truth"]
+        spec, evaluation = finish_training(setup, history, cfg)
+    truth = evaluation.truth
     result = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": str(data),
@@ -134,16 +137,16 @@ def main() -> int:
         "stopped": history.stopped,
         "best_epoch": history.best_epoch + 1,
         "final": {
-            "threshold": final["spec"].threshold,
+            "threshold": spec.threshold,
             "threshold_policy": cfg.threshold_policy,
-            "pixel": truth["pixel"],
-            "instance_recall": truth["instance"]["instance_recall"],
-            "false_positives_per_image": truth["instance"]["false_positives_per_image"],
-            "best_dice_any_threshold": truth["best_dice"],
-            "per_type": truth.get("per_type"),
-            "weak_label_scores": final["metrics"]["weak"]["pixel"],
+            "pixel": dict(truth.pixel),
+            "instance_recall": truth.instance["instance_recall"],
+            "false_positives_per_image": truth.instance["false_positives_per_image"],
+            "best_dice_any_threshold": truth.best_dice,
+            "per_type": truth.per_type,
+            "weak_label_scores": dict(evaluation.weak.pixel),
         },
-        "split": {k: len(v) for k, v in setup.split.items()},
+        "split": {k: len(dataset.split.part(k)) for k in ("train", "val", "test")},
         "epochs": rows,
         "machine": {
             "cpus": os.cpu_count(),
@@ -159,7 +162,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.name or f"train-{cfg.labels}-{datetime.now(UTC):%Y%m%dT%H%M}"
     result["checkpoint"] = str(
-        save_checkpoint(args.workdir / f"{stem}.safetensors", setup.model.cpu(), final["spec"])
+        save_checkpoint(args.workdir / f"{stem}.safetensors", setup.model.cpu(), spec)
     )
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(_markdown(result))
@@ -170,12 +173,13 @@ def main() -> int:
 def _spec_for(setup, cfg, threshold: float):
     from pbf_core.model.spec import ModelSpec
 
-    m = setup.manifest
+    m = setup.dataset
     return ModelSpec(
         encoder=cfg.model.encoder,
         arch=cfg.model.arch,
         in_channels=m.channels,
         decoder_channels=cfg.model.decoder_channels,
+        head=cfg.model.head,
         head_width=cfg.model.head_width,
         views=m.views,
         tile_size=cfg.tile_size,

@@ -1,149 +1,114 @@
 """The training pipeline: raw layers → prepared data → model → ONNX fp32/int8 → registry → gate.
 
-Reads top to bottom like the data flow in ``DESIGN.md``. One validated parameter,
+Reads top to bottom like the data flow in ``DESIGN.md``; every task calls one step of
+:mod:`pbf_core.steps`, the same functions the ``pbf`` commands call. One validated parameter,
 :class:`pbf_core.config.PipelineConfig`, which Prefect renders as a form for deployments.
 Everything is written under the state directory (``PBF_STATE_DIR``, default ``.pbf``).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Prefect builds the parameter model of a flow
+# from its annotations in the process that runs it, and postponed (string) annotations there
+# fail to resolve in a served or deployed run.
 
 import hashlib
-import tempfile
+import os
 import time
+from pathlib import Path
 
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
-from pbf_core.config import PipelineConfig, Settings
-from tasks import data, model, packaging, reports, tracking
-from tasks.promotion import decide_promotion
+from pbf_core.config import PipelineConfig, PrepareConfig, RunnerConfig, Settings
+from pbf_core.steps import DiscoveredLayers, LayerOutcome, PreparedDataset, prepared_dir
+from pbf_core.summary import RunSummary
+from tasks import data, model, registry, reports, runs
 
 
-@flow(name="train-pipeline", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
-def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:  # noqa: B008 (frozen)
+def task_runner(cfg: RunnerConfig) -> TaskRunner:
+    """The Prefect task runner the per-layer work is mapped over."""
+    workers = cfg.workers or os.cpu_count() or 1
+    if cfg.kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+@flow(name="prepare-layers", validate_parameters=False)
+def prepare_layers(found: DiscoveredLayers, out: str, cfg: PrepareConfig) -> list[LayerOutcome]:
+    """Filter, normalise and label every layer, mapped over the task runner, cached per layer."""
+    fresh = not (Path(out) / "manifest.json").is_file()  # a half-written dataset is redone
+    prepare = data.prepare_layer.with_options(refresh_cache=fresh)
+    records = found.source.records
+    return prepare.map(records, list(found.digests), unmapped(out), unmapped(cfg)).result()
+
+
+def prepare_data(config: PipelineConfig, state: Path) -> PreparedDataset:
+    """Ingest (the synthetic build by default, cached by its config), then prepare every layer."""
+    started, name = time.time(), config.data.dataset_name
+    raw = str(config.data.raw) if config.data.raw is not None else None
+    if raw is None:
+        key = hashlib.sha256(config.data.synth.model_dump_json().encode()).hexdigest()[:12]
+        build = state / "data" / "raw" / f"synthetic-{key}"
+        fresh = not (build / "manifest.json").is_file()
+        raw = data.synthesize.with_options(refresh_cache=fresh)(config.data.synth, str(build))
+    found = data.discover_layers(raw, str(state / "data" / "staging"))
+    out = str(prepared_dir(state / "data" / "prepared", name, found.digest, config.prepare))
+    runner = task_runner(config.runner)
+    outcomes = prepare_layers.with_options(task_runner=runner)(found, out, config.prepare)
+    elapsed = time.time() - started
+    return data.write_dataset(name, found, outcomes, out, config.prepare, elapsed)
+
+
+@flow(name="train-pipeline", log_prints=True)
+def train_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # noqa: B008
     """Train, evaluate, export, quantize, benchmark, register, gate and package a segmenter.
 
     Args:
         config: data source (synthetic build by default), preparation, training (device
-            included), quantization, benchmark and promotion settings.
+            included), quantization, benchmark, promotion and task-runner settings.
 
     Returns:
-        The run summary: dataset, MLflow run and link, registered versions, promotion decision,
-        the champion's version, scores against truth and weak labels, int8 speed-up and parity.
+        The run's :class:`~pbf_core.summary.RunSummary`.
     """
-    started = time.time()
-    state = Settings().state_dir.resolve()
-    name = config.data.dataset_name
-
-    # ingest: a synthetic build (cached by its config) or the given raw data
-    if config.data.raw is None:
-        key = hashlib.sha256(config.data.synth.model_dump_json().encode()).hexdigest()[:12]
-        build = state / "data" / "raw" / f"synthetic-{key}"
-        synth = data.synthesize.with_options(refresh_cache=not (build / "manifest.json").is_file())
-        raw = synth(config.data.synth, str(build))
-    else:
-        raw = str(config.data.raw)
-    found = data.discover_layers(raw, str(state / "data" / "staging"))
-
-    # filter + label synthesis per layer, mapped over the task runner, cached by raw bytes
-    prepared = data.prepared_dir(state / "data" / "prepared", name, found["digest"], config.prepare)
-    prepare = data.prepare_one.with_options(refresh_cache=not data.is_prepared(prepared))
-    outcomes = prepare.map(
-        found["source"].records, found["digests"], unmapped(str(prepared)), unmapped(config.prepare)
-    ).result()
-    dataset = data.summarize_dataset(name, found, outcomes, str(prepared), config.prepare, started)
-    splits = data.split_dataset(dataset, config.train)
-
-    run = tracking.start_run(config, dataset, flow_run.get_flow_run_ui_url())
-    run_dir = state / "runs" / run["run_id"]
+    started, state = time.time(), Settings().state_dir.resolve()
+    dataset = prepare_data(config, state)
+    dataset = data.split_dataset(dataset, config.train)
+    run = runs.start_run(config, dataset, _flow_run_url())
+    out = state / "runs" / run.run_id
     try:
-        # train → evaluate
-        trained = model.train_model(
-            dataset, splits, config.train, run["run_id"], str(run_dir / "model")
-        )
-        evaluation = model.evaluate_model(
-            trained["checkpoint"],
-            dataset,
-            splits["eval_ids"],
-            str(run_dir / "evaluation"),
-            config.train.device,
-        )
-        tracking.log_artifacts(
-            run["run_id"], evaluation["artifacts"], "evaluation", evaluation["metrics"]
-        )
-
-        # export ONNX → static int8 → benchmark (with the parity gate)
-        fp32 = model.export_model(trained["checkpoint"], str(run_dir / "onnx" / "model.fp32.onnx"))
-        int8 = model.quantize_model(
-            fp32["path"],
-            dataset,
-            splits["split"]["train"],
-            str(run_dir / "onnx" / "model.int8.onnx"),
-            config.quantize,
-        )
-        bench = model.benchmark_variants(
-            trained["checkpoint"], fp32["path"], int8, dataset, splits["eval_ids"],
-            str(run_dir / "benchmark"), config.benchmark, config.quantize,
-        )  # fmt: skip
-        tracking.log_artifacts(
-            run["run_id"], str(run_dir / "benchmark"), "benchmark", bench["metrics"]
-        )
-
-        # MLflow: both variants registered → promotion gate → aliases
-        headline = {k: v for k, v in evaluation["gate"].items() if k.split("/")[1] in _HEADLINE}
-        versions = tracking.register_variants(
-            run, {"fp32": fp32["path"], "int8": int8, "parity": bench["parity"]},
-            dataset["digest"], headline, dataset["channels"],
-        )  # fmt: skip
-        champion = _score_champion(dataset, splits["eval_ids"])
-        decision = decide_promotion(
-            evaluation, champion, splits["eval_digest"], bench["parity"], config.promotion
-        )
-        tracking.apply_decision(run, versions, decision)
-
-        # package: the new champion into the BentoML model store the service loads from
-        packaged = packaging.package_champion_task() if decision.promote else None
+        trained = model.train(dataset, config.train, run, str(out / "model"))
+        evaluation = model.evaluate(trained, dataset, run, str(out / "evaluation"))
+        exported = model.export(trained, str(out / "onnx" / "model.fp32.onnx"))
+        quantized = model.quantize(exported, dataset, config.quantize, run, str(out / "onnx"))
+        bench = model.benchmark(trained, quantized, config.benchmark, run, str(out / "benchmark"))
+        versions = registry.register(run, quantized, dataset, evaluation)
+        champion = registry.score_champion(dataset)
+        decision = registry.decide(evaluation, champion, dataset, quantized, config.promotion)
+        registry.promote(run, versions, decision)
+        bento = registry.package_champion() if decision.promote else None
     except BaseException:
-        tracking.finish_run(run["run_id"], "FAILED")
+        runs.finish_run(run, "FAILED")
         raise
-    tracking.finish_run(run["run_id"])
-
-    summary = {
-        "dataset": {k: dataset[k] for k in ("name", "path", "digest", "layers")},
-        "run_id": run["run_id"],
-        "run_url": run["url"],
-        "registry": Settings().registry_name,
-        "versions": versions,
-        "decision": decision.to_dict(),
-        "champion_version": tracking.champion_version(),
-        "bento_model": packaged,
-        "eval_digest": splits["eval_digest"],
-        "eval_layers": len(splits["eval_ids"]),
-        "scores": {
-            labels: {m: evaluation["gate"][f"{labels}/{m}"] for m in _HEADLINE}
-            for labels in ("truth", "weak")
-            if f"{labels}/dice" in evaluation["gate"]
-        },
-        "training": trained["history"],
-        "speedup": bench["speedup"],
-        "parity": bench["parity"],
-        "seconds": round(time.time() - started, 1),
-    }
+    runs.finish_run(run)
+    summary = RunSummary(
+        dataset=dataset,
+        run=run,
+        registry=Settings().registry_name,
+        versions=versions,
+        decision=decision,
+        champion_version=registry.champion_version(),
+        bento_model=bento,
+        evaluation=evaluation,
+        training=trained.history.summary(),
+        speedup=bench.speedups(bench.result("onnx-int8")),
+        parity=quantized.int8_parity,
+        seconds=round(time.time() - started, 1),
+    )
     reports.publish_summary(summary)
     return summary
 
 
-_HEADLINE = ("dice", "recall", "precision", "instance_recall", "false_positives_per_image")
-
-
-def _score_champion(dataset: dict, eval_ids: list[str]) -> dict | None:
-    """The current champion scored on this run's evaluation layers, or None without one."""
-    with tempfile.TemporaryDirectory(prefix="pbf-champion-") as tmp:
-        found = tracking.fetch_alias(f"{tracking.CHAMPION}-fp32", tmp) or tracking.fetch_alias(
-            tracking.CHAMPION, tmp
-        )
-        if found is None:
-            return None
-        scored = model.evaluate_model(found["path"], dataset, eval_ids)
-    return {"version": found["version"], "evaluation": scored}
+def _flow_run_url() -> str | None:
+    """This flow run's page in the Prefect UI, when a UI is known."""
+    url = flow_run.get_flow_run_ui_url()
+    return url if url and not url.startswith("None") else None

@@ -399,6 +399,19 @@ class DataConfig(_Frozen):
         return "synthetic" if self.raw is None else (self.raw.stem or "dataset")
 
 
+class RunnerConfig(_Frozen):
+    """Where a flow's per-layer work (preparation of each layer) runs: a Prefect task runner."""
+
+    kind: Literal["threads", "processes"] = Field(
+        "threads",
+        description="threads: one process, layers in parallel threads (OpenCV and numpy release "
+        "the GIL); processes: a pool of worker processes",
+    )
+    workers: int | None = Field(
+        None, ge=1, le=256, description="layers prepared at once; None: one per CPU core"
+    )
+
+
 class PipelineConfig(_Frozen):
     """Everything one ``train_pipeline`` run does, from raw layers to the registry's aliases."""
 
@@ -408,6 +421,7 @@ class PipelineConfig(_Frozen):
     quantize: QuantizeConfig = QuantizeConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     promotion: PromotionConfig = PromotionConfig()
+    runner: RunnerConfig = RunnerConfig()
 
 
 class Settings(BaseSettings):
@@ -427,8 +441,33 @@ class ConfigError(PbfError, ValueError):
 M = TypeVar("M", bound=BaseModel)
 
 
+#: The section of a whole-pipeline preset that configures each step.
+_SECTIONS: dict[str, str] = {
+    "PrepareConfig": "prepare",
+    "TrainConfig": "train",
+    "QuantizeConfig": "quantize",
+    "BenchmarkConfig": "benchmark",
+    "PromotionConfig": "promotion",
+}
+
+
+def _section(data: dict, model: type[BaseModel]) -> dict:
+    """A step's part of a whole-pipeline preset (``configs/*.yaml``); other data as it is."""
+    name = _SECTIONS.get(model.__name__)
+    if name is None or not data or not set(data) <= set(PipelineConfig.model_fields):
+        return data
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"section {name!r} must be a mapping, got {type(section).__name__}")
+    return dict(section)
+
+
 def load_config(path: str | Path | None, model: type[M], **overrides: object) -> M:
     """Load a YAML preset into ``model``, apply non-None ``overrides``, validate.
+
+    A whole-pipeline preset (a :class:`PipelineConfig`, e.g. ``configs/default.yaml``) also
+    configures one step: its section for ``model`` (``train`` for :class:`TrainConfig`, ...) is
+    taken, so ``pbf run`` and the step commands can share one file.
 
     Raises:
         ConfigError: unreadable YAML, unknown keys or bad values, each field named.
@@ -445,7 +484,10 @@ def load_config(path: str | Path | None, model: type[M], **overrides: object) ->
             raise ConfigError(f"{src}: not valid YAML ({exc})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{src}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded or {}
+        try:
+            data = _section(loaded or {}, model)
+        except ConfigError as exc:
+            raise ConfigError(f"{src}: {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return model.model_validate(data)

@@ -1,22 +1,14 @@
-"""What flows between pipeline steps: raw layer records and the prepared dataset on disk.
-
-Prepared dataset layout (written by :func:`pbf_core.prepare.prepare_dataset`)::
-
-    OUT/
-      manifest.json        Manifest: source, format, channel views, one entry per kept layer
-      report.json          kept/dropped counts with reasons, label quality per method
-      images/<id>.png      16-bit PNG, normalised to full range; grey (1 view) or RGB = views a, b, c
-      weak/<id>.png        weak label, 8-bit 0/255
-      truth/<id>.png       true defect mask, 8-bit 0/255 (only when the source has one)
-      types/<id>.png       per-pixel defect type code (see DEFECT_TYPES), when the source names types
-"""
+"""Files every stage writes or keys results by: atomic JSON, content digests, code digests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 
 def write_json(path: str | Path, data: object) -> None:
@@ -33,3 +25,32 @@ def write_json(path: str | Path, data: object) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_digest(modules: Iterable[ModuleType]) -> str:
+    """SHA-256 over the source files of modules and packages (a package: every ``.py`` in it).
+
+    Part of the cache key of a result made by that code, so a change to, say, the labelling
+    code never reuses layers prepared by the old one.
+    """
+    files: set[Path] = set()
+    for module in modules:
+        paths = getattr(module, "__path__", None)
+        if paths:
+            files.update(p for root in paths for p in Path(root).rglob("*.py"))
+        elif module.__file__:
+            files.add(Path(module.__file__))
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

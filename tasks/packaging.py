@@ -13,7 +13,7 @@ Metadata of the BentoML model (the contract ``service.py`` reads):
   ``data_digest``
 - ``default_variant``: ``int8`` (or ``fp32`` when only that file was given)
 - ``variants``: ``{variant: {"file", "version" (registry version or None), "sha256"}}``
-- ``spec``: the :class:`~pbf_core.models.ModelSpec` fields from the ONNX ``pbf.*`` metadata
+- ``spec``: the :class:`~pbf_core.model.spec.ModelSpec` fields from the ONNX ``pbf.*`` metadata
 
 Where the store is: ``BENTOML_HOME``, else ``<state dir>/bentoml`` (``PBF_STATE_DIR``, default
 ``.pbf``), like everything else the pipeline writes.
@@ -30,13 +30,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from pbf_core.config import Settings
 from pbf_core.deploy.metadata import read_onnx_spec
 from pbf_core.errors import ExportError, PbfError
 from pbf_core.evaluation.promotion import CHAMPION
+from pbf_core.files import file_digest
 
 PACKAGE_FORMAT = 1
 VARIANTS = ("int8", "fp32")
@@ -62,14 +60,6 @@ def use_state_store(settings: Settings | None = None) -> Path:
     home = os.environ.setdefault("BENTOML_HOME", str((settings.state_dir / "bentoml").resolve()))
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     return Path(home)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _spec_of(path: Path) -> dict[str, Any]:
@@ -100,8 +90,8 @@ def package_onnx(
     """Write ONNX variants with their metadata into the BentoML model store.
 
     Args:
-        files: variant (``int8``/``fp32``) → ONNX file written by ``pbf_core.export`` or
-            ``pbf_core.quantization`` (its ``pbf.*`` metadata carries the spec).
+        files: variant (``int8``/``fp32``) → ONNX file written by the export or quantize step
+            (its ``pbf.*`` metadata carries the spec).
         name: BentoML model name; the registry name by default.
         versions: variant → registry version, recorded for the service's answers.
         source: where the files came from, e.g. ``models:/pbf-defect-segmenter@champion``.
@@ -118,27 +108,11 @@ def package_onnx(
 
     name = name or Settings().registry_name
     versions = dict(versions or {})
-    unknown = sorted(set(files) - set(VARIANTS))
-    if unknown or not files:
-        raise PackagingError(source, f"variants must be among {VARIANTS}, got {sorted(files)}")
-    paths = {v: Path(files[v]) for v in VARIANTS if v in files}
-    for variant, path in paths.items():
-        if not path.is_file():
-            raise PackagingError(str(path), f"{variant} ONNX file not found")
-    specs = {v: _spec_of(p) for v, p in paths.items()}
-    # created_at/metrics may be rewritten by export; what serving depends on must agree.
-    served = ("views", "normalization", "percentiles", "tile_size", "tile_overlap", "threshold")
-    first = next(iter(specs.values()))
-    for variant, spec in specs.items():
-        differ = [k for k in served if spec[k] != first[k]]
-        if differ:
-            raise PackagingError(source, f"{variant} spec differs in {', '.join(differ)}")
-    digests = {v: _sha256(p) for v, p in paths.items()}
-    default = "int8" if "int8" in paths else "fp32"
+    paths, spec = _checked_files(files, source)
+    digests = {v: file_digest(p) for v, p in paths.items()}
     registry = "-".join(f"{versions[v]}" for v in paths if versions.get(v)) or "local"
     content = hashlib.sha256("".join(digests[v] for v in paths).encode()).hexdigest()[:12]
-    version = re.sub(r"[^a-z0-9._-]", "-", f"r{registry}-{content}".lower())
-    tag = f"{name}:{version}"
+    tag = f"{name}:{re.sub(r'[^a-z0-9._-]', '-', f'r{registry}-{content}'.lower())}"
     try:
         return str(bentoml.models.get(tag).tag)
     except NotFound:
@@ -148,20 +122,46 @@ def package_onnx(
         "registry_name": name,
         "source": source,
         "run_id": run_id,
-        "data_digest": first.get("train_data_digest"),
-        "default_variant": default,
+        "data_digest": spec.get("train_data_digest"),
+        "default_variant": "int8" if "int8" in paths else "fp32",
         "variants": {
             v: {"file": f"{v}.onnx", "version": versions.get(v), "sha256": digests[v]}
             for v in paths
         },
-        "spec": first,
+        "spec": spec,
     }
     labels = {"variants": "-".join(paths), "source": "registry" if versions else "files"}
-    metadata = _without_none(metadata)
-    with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
+    with bentoml.models.create(tag, labels=labels, metadata=_without_none(metadata)) as model:
         for variant, path in paths.items():
             shutil.copyfile(path, model.path_of(f"{variant}.onnx"))
     return tag
+
+
+def _checked_files(
+    files: Mapping[str, str | Path], source: str
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The variants' files in :data:`VARIANTS` order and the spec they share.
+
+    Raises:
+        PackagingError: unknown variant, missing file, no spec, or inputs that differ.
+    """
+    unknown = sorted(set(files) - set(VARIANTS))
+    if unknown or not files:
+        raise PackagingError(source, f"variants must be among {VARIANTS}, got {sorted(files)}")
+    paths = {v: Path(files[v]) for v in VARIANTS if v in files}
+    for variant, path in paths.items():
+        if not path.is_file():
+            raise PackagingError(str(path), f"{variant} ONNX file not found")
+    specs = {v: _spec_of(p) for v, p in paths.items()}
+    # What the input of both must be agrees; each file carries its own decision threshold (the
+    # int8 one is matched to the fp32 masks by the quantize step), which the service reads.
+    served = ("views", "normalization", "percentiles", "tile_size", "tile_overlap")
+    first = next(iter(specs.values()))
+    for variant, spec in specs.items():
+        differ = [k for k in served if spec[k] != first[k]]
+        if differ:
+            raise PackagingError(source, f"{variant} spec differs in {', '.join(differ)}")
+    return paths, first
 
 
 def package_champion(
@@ -180,41 +180,32 @@ def package_champion(
     Raises:
         PackagingError: no such alias, or the two aliases point at different training runs.
     """
-    from tasks.tracking import fetch_alias, resolve_store
+    from tasks.tracking.registry import download_alias
+    from tasks.tracking.store import resolve_store
 
     store = resolve_store(settings)
     source = f"models:/{store.registry_name}@{alias}"
     with tempfile.TemporaryDirectory(prefix="pbf-package-") as tmp:
-        found = {"int8": fetch_alias.fn(alias, str(Path(tmp) / "int8"))}
+        found = {"int8": download_alias(alias, Path(tmp) / "int8", settings)}
         if found["int8"] is None:
             raise PackagingError(source, "no model version has this alias; run the pipeline first")
         if with_fp32:
-            fp32 = fetch_alias.fn(f"{alias}-fp32", str(Path(tmp) / "fp32"))
+            fp32 = download_alias(f"{alias}-fp32", Path(tmp) / "fp32", settings)
             if fp32 is None:
                 raise PackagingError(f"{source}-fp32", "alias not set: no fp32 sibling to package")
-            if fp32["run_id"] != found["int8"]["run_id"]:
+            int8 = found["int8"]
+            if fp32.run_id != int8.run_id:
                 raise PackagingError(
                     source,
-                    f"int8 v{found['int8']['version']} (run {found['int8']['run_id']}) and fp32 "
-                    f"v{fp32['version']} (run {fp32['run_id']}) come from different runs; "
-                    "the aliases moved while packaging, run it again",
+                    f"int8 v{int8.version} (run {int8.run_id}) and fp32 v{fp32.version} (run "
+                    f"{fp32.run_id}) come from different runs; the aliases moved while "
+                    "packaging, run it again",
                 )
             found["fp32"] = fp32
         return package_onnx(
-            {v: f["path"] for v, f in found.items()},
+            {v: f.path for v, f in found.items()},
             name=store.registry_name,
-            versions={v: f["version"] for v, f in found.items()},
+            versions={v: f.version for v, f in found.items()},
             source=source,
-            run_id=found["int8"]["run_id"],
+            run_id=found["int8"].run_id,
         )
-
-
-@task(name="package-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def package_champion_task(alias: str = CHAMPION) -> str:
-    """Package the registry's champion into the BentoML store (the last step of a promotion).
-
-    Returns:
-        The BentoML model tag.
-    """
-    use_state_store()
-    return package_champion(alias)

@@ -1,17 +1,4 @@
-"""Inference benchmark of model variants: latency, throughput, size on disk, peak memory, parity.
-
-Each variant is measured in its own fresh Python process (:func:`run_worker`), so one runtime's
-thread pools, allocator caches and imports never weigh on another's numbers, and its peak resident
-memory is its own. A worker records its resident set after importing its runtime and before loading
-the model, then its peak (Linux ``VmHWM``) after the timed runs, the largest being batch 8 at the
-largest side: the difference is what the model and its activations cost. With ``rounds > 1`` the
-variants are measured in rotation several times and each keeps its round with the lowest batch-1
-p50 at the first side (all of that round's numbers), which damps bursts of load from other
-processes on a shared machine; the load average before and after is recorded beside the numbers.
-
-Only the standard library and numpy are imported at module level; each worker imports the one
-runtime (``torch`` or ``onnxruntime``) its variant needs.
-"""
+"""What a benchmark ran on: CPU, cores, OS, Python and runtime versions, load average."""
 
 from __future__ import annotations
 

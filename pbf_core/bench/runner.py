@@ -1,16 +1,14 @@
-"""Inference benchmark of model variants: latency, throughput, size on disk, peak memory, parity.
+"""Run the inference benchmark: every variant in its own worker process, side by side.
 
-Each variant is measured in its own fresh Python process (:func:`run_worker`), so one runtime's
-thread pools, allocator caches and imports never weigh on another's numbers, and its peak resident
-memory is its own. A worker records its resident set after importing its runtime and before loading
-the model, then its peak (Linux ``VmHWM``) after the timed runs, the largest being batch 8 at the
-largest side: the difference is what the model and its activations cost. With ``rounds > 1`` the
-variants are measured in rotation several times and each keeps its round with the lowest batch-1
-p50 at the first side (all of that round's numbers), which damps bursts of load from other
-processes on a shared machine; the load average before and after is recorded beside the numbers.
+Each variant is measured in its own fresh Python process (:func:`pbf_core.bench.worker.run_worker`),
+so one runtime's thread pools, allocator caches and imports never weigh on another's numbers, and
+its peak resident memory is its own. With ``rounds > 1`` the variants are measured in rotation
+several times and each keeps its round with the lowest batch-1 p50 at the first side (all of that
+round's numbers), which damps bursts of load from other processes on a shared machine; the load
+average before and after is recorded beside the numbers.
 
-Only the standard library and numpy are imported at module level; each worker imports the one
-runtime (``torch`` or ``onnxruntime``) its variant needs.
+:func:`benchmark_model` is the pipeline's benchmark step; :func:`benchmark` measures any list of
+:class:`Variant` s.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -34,6 +32,9 @@ from pbf_core.config import BenchmarkConfig, QuantizeConfig
 from pbf_core.deploy.parity import REFERENCE_VARIANT, check_parity
 from pbf_core.errors import PbfError
 from pbf_core.files import write_json
+
+if TYPE_CHECKING:
+    from pbf_core.data.dataset import PreparedDataset
 
 Runtime = Literal["torch", "onnx"]
 
@@ -52,8 +53,8 @@ class Variant:
     """A model file and how to run it.
 
     Attributes:
-        name: e.g. ``torch-fp32`` (see :data:`pbf_core.quantization.VARIANTS`).
-        runtime: ``torch`` (a checkpoint from :func:`pbf_core.models.save_checkpoint`) or
+        name: e.g. ``torch-fp32`` (see :data:`pbf_core.deploy.quantization.VARIANTS`).
+        runtime: ``torch`` (a checkpoint from :func:`pbf_core.model.checkpoints.save_checkpoint`) or
             ``onnx`` (an ONNX file run by ONNX Runtime).
         path: the file.
         dynamic_int8: apply the prototype's dynamic quantization after loading (torch only).
@@ -132,59 +133,72 @@ def benchmark(
             raise BenchmarkError(v.name, f"{v.path}: file not found")
     label_kind = _label_kind(evaluation) if evaluation is not None else None
     machine = machine_info()
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="pbf-bench-") as tmp:
         workdir = Path(tmp)
-        total, done = cfg.rounds * len(variants), 0
-        for rnd in range(cfg.rounds):
-            for v in variants:
-                job = {
-                    "variant": v.name,
-                    "runtime": v.runtime,
-                    "path": str(v.path),
-                    "dynamic_int8": v.dynamic_int8,
-                    "threads": threads,
-                    "config": cfg.model_dump(mode="json"),
-                }
-                # Masks do not depend on the round: segment the evaluation set once.
-                if evaluation is not None and rnd == 0:
-                    job["eval_root"] = str(evaluation.root)
-                    job["eval_ids"] = list(evaluation.ids)
-                    job["labels"] = label_kind
-                    job["masks_path"] = str(workdir / f"{v.name}.npz")
-                res = _run_job(v, job, workdir, cfg.timeout_s)
-                first = str(cfg.sizes[0])
-                best = results.get(v.name)
-                if best is None or (
-                    res["latency"][first]["p50_ms"] < best["latency"][first]["p50_ms"]
-                ):
-                    results[v.name] = res
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+        results = _measure_rounds(variants, cfg, threads, workdir, evaluation, label_kind, progress)
         report = BenchmarkReport(
             machine={**machine, "loadavg_after": list(os.getloadavg())},
             config={**cfg.model_dump(mode="json"), "threads": threads},
             reference=reference,
-            variants=[
-                VariantResult(
-                    name=v.name,
-                    runtime=v.runtime,
-                    file=str(v.path),
-                    size_mb=round(Path(v.path).stat().st_size / 1e6, 3),
-                    threads=threads,
-                    latency={k: Latency(**lat) for k, lat in results[v.name]["latency"].items()},
-                    throughput=results[v.name]["throughput"],
-                    rss_before_mb=results[v.name]["rss_before_mb"],
-                    peak_rss_mb=results[v.name]["peak_rss_mb"],
-                    load_s=results[v.name]["load_s"],
-                )
-                for v in variants
-            ],
+            variants=[_variant_result(v, results[v.name], threads) for v in variants],
         )
         if evaluation is not None:
             _add_parity(report, workdir, quantize_cfg or QuantizeConfig(), label_kind)
     return report
+
+
+def _measure_rounds(
+    variants: Sequence[Variant],
+    cfg: BenchmarkConfig,
+    threads: int,
+    workdir: Path,
+    evaluation: EvalSet | None,
+    label_kind: str | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, dict]:
+    """Every variant measured ``cfg.rounds`` times in rotation; each keeps its fastest round
+    (lowest batch-1 p50 at the first side)."""
+    results: dict[str, dict] = {}
+    total, done, first = cfg.rounds * len(variants), 0, str(cfg.sizes[0])
+    for rnd in range(cfg.rounds):
+        for v in variants:
+            job = {
+                "variant": v.name,
+                "runtime": v.runtime,
+                "path": str(v.path),
+                "dynamic_int8": v.dynamic_int8,
+                "threads": threads,
+                "config": cfg.model_dump(mode="json"),
+            }
+            # Masks do not depend on the round: segment the evaluation set once.
+            if evaluation is not None and rnd == 0:
+                job["eval_root"] = str(evaluation.root)
+                job["eval_ids"] = list(evaluation.ids)
+                job["labels"] = label_kind
+                job["masks_path"] = str(workdir / f"{v.name}.npz")
+            res = _run_job(v, job, workdir, cfg.timeout_s)
+            best = results.get(v.name)
+            if best is None or res["latency"][first]["p50_ms"] < best["latency"][first]["p50_ms"]:
+                results[v.name] = res
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return results
+
+
+def _variant_result(v: Variant, measured: dict, threads: int) -> VariantResult:
+    return VariantResult(
+        name=v.name,
+        runtime=v.runtime,
+        file=str(v.path),
+        size_mb=round(Path(v.path).stat().st_size / 1e6, 3),
+        threads=threads,
+        latency={k: Latency(**lat) for k, lat in measured["latency"].items()},
+        throughput=measured["throughput"],
+        rss_before_mb=measured["rss_before_mb"],
+        peak_rss_mb=measured["peak_rss_mb"],
+        load_s=measured["load_s"],
+    )
 
 
 def _label_kind(evaluation: EvalSet) -> str:
@@ -214,16 +228,21 @@ def _add_parity(
 
 
 def model_variants(
-    checkpoint: str | Path, fp32_onnx: str | Path, int8_onnx: str | Path
+    checkpoint: str | Path, fp32_onnx: str | Path, int8_onnx: str | Path, baseline: bool = True
 ) -> list[Variant]:
-    """The four variants of :data:`pbf_core.quantization.VARIANTS` for one trained model."""
+    """The variants of one trained model (:data:`pbf_core.deploy.quantization.VARIANTS`).
+
+    ``baseline`` adds the prototype's dynamic quantization, which changes nothing in a U-Net and
+    is measured only to compare with what the prototype reported.
+    """
     checkpoint = Path(checkpoint)
-    return [
+    variants = [
         Variant("torch-fp32", "torch", checkpoint),
         Variant("torch-dynamic-int8", "torch", checkpoint, dynamic_int8=True),
         Variant("onnx-fp32", "onnx", Path(fp32_onnx)),
         Variant("onnx-int8", "onnx", Path(int8_onnx)),
     ]
+    return variants if baseline else [v for v in variants if not v.dynamic_int8]
 
 
 def _onnx_is_current(path: Path, checkpoint: Path) -> bool:
@@ -240,53 +259,76 @@ def _onnx_is_current(path: Path, checkpoint: Path) -> bool:
     )
 
 
+def onnx_files(
+    checkpoint: str | Path,
+    onnx_dir: str | Path,
+    dataset: PreparedDataset | None = None,
+    quantize_cfg: QuantizeConfig | None = None,
+) -> tuple[Path, Path]:
+    """The checkpoint's ``model.fp32.onnx`` and ``model.int8.onnx`` in ``onnx_dir``.
+
+    Files made from another checkpoint (or none) are exported and quantized there by the
+    pipeline's export and quantize steps, on ``dataset`` split as the checkpoint's
+    ``split.json`` says.
+
+    Raises:
+        BenchmarkError: no current files and no dataset to make them.
+    """
+    from pbf_core.data.split import Split
+    from pbf_core.deploy.export import export_model
+    from pbf_core.deploy.quantization import quantize_model
+
+    checkpoint, onnx_dir = Path(checkpoint), Path(onnx_dir)
+    fp32, int8 = onnx_dir / "model.fp32.onnx", onnx_dir / "model.int8.onnx"
+    if _onnx_is_current(fp32, checkpoint) and _onnx_is_current(int8, checkpoint):
+        return fp32, int8
+    if dataset is None:
+        raise BenchmarkError(
+            "onnx-int8",
+            f"{onnx_dir} holds no model.fp32.onnx/model.int8.onnx made from {checkpoint}; "
+            "pass the training data to export and quantize it",
+        )
+    split = Split.load(checkpoint.parent / "split.json")
+    exported = export_model(checkpoint, fp32)
+    quantize_model(exported, dataset.with_split(split), quantize_cfg or QuantizeConfig(), onnx_dir)
+    return fp32, int8
+
+
 def benchmark_model(
     checkpoint: str | Path,
+    fp32: str | Path,
+    int8: str | Path,
     out: str | Path,
-    data: str | Path | None = None,
-    onnx_dir: str | Path | None = None,
     cfg: BenchmarkConfig | None = None,
+    *,
+    dataset: PreparedDataset | None = None,
     quantize_cfg: QuantizeConfig | None = None,
+    baseline: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchmarkReport:
-    """Benchmark a trained model's four variants in one run and write the report into ``out``.
+    """Benchmark a trained model's variants in one run (the pipeline's benchmark step).
 
-    The ONNX files are taken from ``onnx_dir`` (``pbf quantize`` output; default
-    ``out/onnx``) when they were made from this checkpoint, else exported and quantized there
-    with ``data`` (see :func:`pbf_core.quantization.quantize_model`).
+    Writes ``inference.json`` and ``inference.md`` into ``out``.
 
     Args:
-        checkpoint: ``model.safetensors``.
-        out: directory for ``inference.json`` and ``inference.md``.
-        data: the prepared dataset the model was trained on: calibration (train layers) and
-            parity (test layers). Without it, parity is skipped and the ONNX files must exist.
-        onnx_dir: where ``model.fp32.onnx`` and ``model.int8.onnx`` are (or are written).
+        checkpoint: ``model.safetensors`` (the PyTorch variants and the reference).
+        fp32, int8: its ONNX files.
+        out: report directory.
         cfg: benchmark settings.
-        quantize_cfg: calibration settings and parity tolerances.
+        dataset: with its split, every variant also segments the split's evaluation layers in
+            its worker and is scored against the reference's masks (parity columns). The
+            pipeline's parity gate is the quantize step's; this is a measurement.
+        quantize_cfg: parity tolerances.
+        baseline: also measure the prototype's dynamic quantization.
         progress: ``progress(done, total)`` after each measured variant.
 
     Raises:
-        BenchmarkError: no usable ONNX files and no data to make them, or a worker failed.
+        BenchmarkError: a missing file or a failed worker.
     """
-    from pbf_core.deploy.quantization import load_split, quantize_model
-
-    checkpoint, out = Path(checkpoint), Path(out)
-    onnx_dir = Path(onnx_dir) if onnx_dir is not None else out / "onnx"
-    fp32, int8 = onnx_dir / "model.fp32.onnx", onnx_dir / "model.int8.onnx"
-    if not (_onnx_is_current(fp32, checkpoint) and _onnx_is_current(int8, checkpoint)):
-        if data is None:
-            raise BenchmarkError(
-                "onnx-int8",
-                f"{onnx_dir} holds no model.fp32.onnx/model.int8.onnx made from {checkpoint}; "
-                "pass the training data to export and quantize it",
-            )
-        quantize_model(checkpoint, data, onnx_dir, quantize_cfg)
     evaluation = None
-    if data is not None:
-        split = load_split(checkpoint, data)
-        evaluation = EvalSet(Path(data), tuple(split.get("test") or split["val"]))
-    report = benchmark(
-        model_variants(checkpoint, fp32, int8), cfg, evaluation, quantize_cfg, progress
-    )
+    if dataset is not None:
+        evaluation = EvalSet(dataset.path, tuple(dataset.require_split().eval_ids))
+    variants = model_variants(checkpoint, fp32, int8, baseline)
+    report = benchmark(variants, cfg, evaluation, quantize_cfg, progress)
     write_report(report, out)
     return report

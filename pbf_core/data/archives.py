@@ -1,25 +1,7 @@
-"""Recognise raw layer datasets and list their layer sets; raw files are only ever read.
+"""Raw data that arrives packed: zip archives extracted safely, and the Kaggle download.
 
-Layouts, in order of precedence (the first that matches wins):
-
-``synthetic``
-    A build written by ``pbf synth``: ``manifest.json`` with ``"generator": "pbf-synth"``,
-    ``images/B0001a.PNG`` … triplets, ``truth/B0001.png`` true masks (``types/B0001.png`` beside
-    them is read by :mod:`pbf_core.filtering`). The manifest only identifies the layout: noise
-    frames are found by the filter from the files themselves, as they would be in real data.
-``am04``
-    ``Defects/ImageN/ImageN.jpg`` with per-instance masks
-    ``DefectsMasks/ImageN/ImageN_PD_<kk>_<Type>.png`` and defect-free ``NoDefects/ImageN.jpg``
-    (the directory holding ``Defects`` may sit up to two levels below the given path).
-``kaggle``
-    a/b/c triplets ``<id>a.png``, ``<id>b.png``, ``<id>c.png`` anywhere below the directory, the
-    Kaggle "process monitoring in additive manufacturing" naming; optional ``truth/<id>.png``.
-``folder``
-    single images in ``images/`` (or in the directory itself) with optional masks
-    ``masks/<stem>.<ext>`` or ``<stem>_mask.<ext>`` beside the image.
-
-A ``.zip`` of any of these is extracted into a fresh staging directory first (never next to the
-raw data), refusing path traversal and decompression bombs.
+Extraction refuses members that escape the target directory, links, and archives that would
+unpack to more than :data:`MAX_UNZIPPED_BYTES` or compress suspiciously well (zip bombs).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""What flows between pipeline steps: raw layer records and the prepared dataset on disk.
+"""The prepared dataset: its files on disk, its manifest, its layers in memory, its split.
 
-Prepared dataset layout (written by :func:`pbf_core.prepare.prepare_dataset`)::
+Layout (written by :func:`pbf_core.data.prepare.prepare_dataset` or the pipeline's data steps)::
 
     OUT/
       manifest.json        Manifest: source, format, channel views, one entry per kept layer
@@ -9,21 +9,29 @@ Prepared dataset layout (written by :func:`pbf_core.prepare.prepare_dataset`)::
       weak/<id>.png        weak label, 8-bit 0/255
       truth/<id>.png       true defect mask, 8-bit 0/255 (only when the source has one)
       types/<id>.png       per-pixel defect type code (see DEFECT_TYPES), when the source names types
+
+:class:`PreparedDataset` is what the pipeline steps hand each other: the directory, its content
+digest and, once :func:`pbf_core.data.split.split_dataset` has run, the split every later step
+uses.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pbf_core.data.imaging import read_layer, read_mask, read_raw_labels
 from pbf_core.errors import DatasetError
+
+if TYPE_CHECKING:
+    from pbf_core.data.split import Split
 
 MANIFEST_VERSION = 1
 
@@ -113,7 +121,7 @@ def data_digest(root: str | Path, entries: Sequence[LayerEntry]) -> str:
 
 
 def load_samples(root: str | Path, entries: Sequence[LayerEntry]) -> list[Sample]:
-    """Load prepared layers into memory (see :func:`pbf_core.datasets.load_sample`)."""
+    """Load prepared layers into memory (see :func:`load_sample`)."""
     return [load_sample(root, e) for e in entries]
 
 
@@ -130,3 +138,93 @@ def target_of(sample: Sample, labels: Literal["weak", "truth"]) -> np.ndarray:
             raise ValueError(f"layer {sample.id} has no true mask; train with labels=weak")
         return sample.truth
     raise ValueError(f"unknown labels {labels!r}; valid: weak, truth")
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset on disk, identified by the digest of its layers' bytes.
+
+    Attributes:
+        name: dataset name (one MLflow experiment per name).
+        path: the dataset directory.
+        digest: SHA-256 over the ids and files of every kept layer (:func:`data_digest`).
+        views: channel views, e.g. ``("a", "b", "c")`` or ``("image",)``.
+        layers: number of kept layers.
+        raw_digest: digest of the raw data it was prepared from, when known.
+        report: the preparation report (``report.json``: counts, drop reasons, label quality).
+        split: the train/val/test split every training, quantization and evaluation step uses
+            (None until :func:`pbf_core.data.split.split_dataset` has run).
+    """
+
+    name: str
+    path: Path
+    digest: str
+    views: tuple[str, ...]
+    layers: int
+    raw_digest: str | None = None
+    report: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    split: Split | None = None
+
+    @property
+    def channels(self) -> int:
+        return len(self.views)
+
+    def manifest(self) -> Manifest:
+        return load_manifest(self.path)
+
+    def entries(self, ids: Sequence[str] | None = None) -> list[LayerEntry]:
+        """Manifest entries of ``ids`` in that order (every layer when None).
+
+        Raises:
+            DatasetError: an id that is not a layer of this dataset.
+        """
+        layers = self.manifest().layers
+        if ids is None:
+            return list(layers)
+        by_id = {e.id: e for e in layers}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DatasetError(
+                self.path, f"{len(missing)} layer id(s) not in this dataset, e.g. {missing[0]!r}"
+            )
+        return [by_id[i] for i in ids]
+
+    def samples(self, ids: Sequence[str] | None = None) -> list[Sample]:
+        """The layers ``ids`` loaded into memory (see :func:`load_sample`)."""
+        return load_samples(self.path, self.entries(ids))
+
+    def with_split(self, split: Split) -> PreparedDataset:
+        """This dataset carrying ``split``.
+
+        Raises:
+            DatasetError: the split names layers this dataset does not have (other data?).
+        """
+        self.entries([*split.train, *split.val, *split.test])
+        return replace(self, split=split)
+
+    def require_split(self) -> Split:
+        """The split. Raises DatasetError when the dataset has not been split yet."""
+        if self.split is None:
+            raise DatasetError(self.path, "the dataset has no split yet; run the split step first")
+        return self.split
+
+
+def open_dataset(path: str | Path, name: str | None = None) -> PreparedDataset:
+    """The prepared dataset in ``path`` (no split), digested.
+
+    Raises:
+        DatasetError: not a prepared dataset (no or invalid manifest).
+    """
+    root = Path(path)
+    manifest = load_manifest(root)
+    report_file = root / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    return PreparedDataset(
+        name=name or root.name,
+        path=root,
+        digest=data_digest(root, manifest.layers),
+        views=manifest.views,
+        layers=len(manifest.layers),
+        raw_digest=report.get("raw_digest"),
+        report=report,
+    )

@@ -18,7 +18,7 @@ Two methods turn a normalised layer image into a binary weak label:
 Parameters were tuned on synthetic builds (see :class:`~pbf_core.config.BackgroundLabelConfig`);
 ``benchmarks/label_quality.py`` measures both methods on a synthetic build and on real layers.
 
-Label quality (:func:`label_quality`, :func:`summarize_quality`) counts pixels and connected
+Label quality (:func:`~pbf_core.evaluation.metrics.instance_counts`, :func:`~pbf_core.evaluation.metrics.instance_metrics`) counts pixels and connected
 components (8-connectivity) per layer, then micro-averages over a data set.
 """
 

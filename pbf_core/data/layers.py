@@ -1,14 +1,6 @@
-"""What flows between pipeline steps: raw layer records and the prepared dataset on disk.
+"""What a raw layer is before anything is read: its files, its views, the defect vocabulary.
 
-Prepared dataset layout (written by :func:`pbf_core.prepare.prepare_dataset`)::
-
-    OUT/
-      manifest.json        Manifest: source, format, channel views, one entry per kept layer
-      report.json          kept/dropped counts with reasons, label quality per method
-      images/<id>.png      16-bit PNG, normalised to full range; grey (1 view) or RGB = views a, b, c
-      weak/<id>.png        weak label, 8-bit 0/255
-      truth/<id>.png       true defect mask, 8-bit 0/255 (only when the source has one)
-      types/<id>.png       per-pixel defect type code (see DEFECT_TYPES), when the source names types
+Ingest (:mod:`pbf_core.data.ingest`) finds :class:`LayerRecord` s; filtering reads them.
 """
 
 from __future__ import annotations

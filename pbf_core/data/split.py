@@ -1,28 +1,28 @@
-"""Training data: layer splits, defect-biased random patches at native resolution, augmentation.
+"""The train / validation / test split: computed once per dataset, then carried by it.
 
-Defects are tiny (real layers: median 0.03 % of the pixels), so uniform crops would show the
-network almost only background and resizing a layer would erase them. Instead each training
-item is a ``patch_size`` crop of a full-resolution layer; with probability
-``positive_fraction`` the crop is placed on a labelled defect, the defect drawn uniformly among
-all connected components of the training targets (not among pixels, which would favour large
-defects) — or, with ``balance_types``, first a defect type uniformly among those present, then a
-component of that type (real builds can be dominated by one kind: dozens of incandescence spots
-beside a few holes) — elsewhere at a uniformly random position.
-
-``torch`` and ``albumentations`` are imported inside the functions that need them.
+:func:`split_dataset` is the pipeline step (the CLI's ``pbf train`` and the Prefect flow both
+call it); :func:`split_layers` is the deterministic id split under it. The split travels with the
+:class:`~pbf_core.data.dataset.PreparedDataset` to training, quantization, the benchmark and the
+evaluation, and is saved as ``split.json`` beside a checkpoint, so ``pbf quantize`` uses the split
+the model was trained with.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from pbf_core.data.dataset import Sample
-
-if TYPE_CHECKING:
-    pass
+from pbf_core.config import TrainConfig
+from pbf_core.data.dataset import PreparedDataset, data_digest
+from pbf_core.data.imaging import read_raw_labels
+from pbf_core.errors import DatasetError
+from pbf_core.files import write_json
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -86,11 +86,125 @@ def split_layers(
     }
 
 
-def stratum_of(sample: Sample, rarity: Mapping[int, int]) -> str:
-    """Split group of a layer: its rarest defect-type code (by ``rarity``), or ``none``."""
-    if sample.types is None:
-        return "none"
-    present = [int(c) for c in np.unique(sample.types) if c > 0]
+def stratum_of(codes: set[int], rarity: Mapping[int, int]) -> str:
+    """Split group of a layer: its rarest defect-type code (by ``rarity``), or ``none``.
+
+    Args:
+        codes: the defect-type codes present in the layer (0 = background is ignored).
+        rarity: how many layers of the dataset hold each code.
+    """
+    present = [c for c in codes if c > 0]
     if not present:
         return "none"
     return str(min(present, key=lambda c: (rarity.get(c, 0), c)))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Layer ids per part, how they were drawn, and the frozen evaluation set.
+
+    Attributes:
+        train, val, test: sorted layer ids.
+        labels: what training learns from (``weak`` labels or ``truth`` masks); with ``truth``
+            only layers with a true mask are split.
+        seed, stratified: how the ids were drawn.
+        eval_digest: digest of the evaluation layers' bytes (the test part, else validation):
+            the promotion gate compares models only on the same digest.
+    """
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    labels: Literal["weak", "truth"]
+    seed: int
+    stratified: bool
+    eval_digest: str
+
+    @property
+    def evaluated_on(self) -> Literal["test", "val"]:
+        """The part the evaluation set is: ``test``, or ``val`` when there is no test part."""
+        return "test" if self.test else "val"
+
+    @property
+    def eval_ids(self) -> tuple[str, ...]:
+        return self.test or self.val
+
+    def part(self, name: str) -> tuple[str, ...]:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split part {name!r}; valid: {', '.join(SPLIT_NAMES)}")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def save(self, path: str | Path) -> Path:
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        """Read a ``split.json`` written by :meth:`save`.
+
+        Raises:
+            DatasetError: missing, unreadable or not a split.
+        """
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**{k: tuple(v) if k in SPLIT_NAMES else v for k, v in raw.items()})
+        except FileNotFoundError:
+            raise DatasetError(path, "no split file (written by `pbf train`)") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise DatasetError(path, f"not a split file ({exc})") from None
+
+
+def _strata(dataset: PreparedDataset, ids: Sequence[str]) -> dict[str, str]:
+    """Each layer's rarest defect type (by how many layers hold each type)."""
+    entries = dataset.entries(ids)
+    codes = {
+        e.id: {int(c) for c in np.unique(read_raw_labels(dataset.path / e.types))}
+        if e.types
+        else set()
+        for e in entries
+    }
+    rarity = Counter(c for present in codes.values() for c in present)
+    return {i: stratum_of(present, rarity) for i, present in codes.items()}
+
+
+def split_dataset(dataset: PreparedDataset, cfg: TrainConfig) -> PreparedDataset:
+    """Split the dataset's layers for training (the pipeline's split step).
+
+    With ``cfg.labels == "truth"`` only layers with a true mask take part; with ``cfg.stratify``
+    each group of layers (by the rarest defect type in the layer) is split in the same
+    proportions.
+
+    Returns:
+        The dataset carrying its :class:`Split`.
+
+    Raises:
+        DatasetError: ``labels=truth`` without true masks, or too few layers for the split.
+    """
+    entries = dataset.entries()
+    if cfg.labels == "truth":
+        entries = [e for e in entries if e.truth]
+        if not entries:
+            raise DatasetError(
+                dataset.path, "labels=truth but no layer has a true mask; use labels=weak"
+            )
+    ids = [e.id for e in entries]
+    strata = _strata(dataset, ids) if cfg.stratify else None
+    try:
+        parts = split_layers(ids, cfg.split, cfg.seed, strata)
+    except ValueError as exc:
+        raise DatasetError(dataset.path, f"cannot split {len(ids)} layers: {exc}") from None
+    eval_ids = parts["test"] or parts["val"]
+    split = Split(
+        train=tuple(parts["train"]),
+        val=tuple(parts["val"]),
+        test=tuple(parts["test"]),
+        labels=cfg.labels,
+        seed=cfg.seed,
+        stratified=cfg.stratify,
+        eval_digest=data_digest(dataset.path, dataset.entries(eval_ids)),
+    )
+    return dataset.with_split(split)

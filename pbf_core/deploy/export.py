@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pbf_core.deploy.metadata import set_metadata, spec_metadata
+from pbf_core.deploy.runtimes import open_session
+from pbf_core.errors import ExportError
+
 if TYPE_CHECKING:
     import onnx
     import torch
 
-from pbf_core.deploy.metadata import set_metadata, spec_metadata
-from pbf_core.deploy.runtimes import open_session
-from pbf_core.errors import ExportError
+    from pbf_core.model.spec import ModelSpec
 
 #: Lowest opset the exporter and the quantizer are tested with (QDQ per-channel needs >= 13).
 ONNX_OPSET = 18
@@ -80,13 +82,35 @@ def export_onnx(
         ExportError: opset too low, the exporter failed, or the outputs differ beyond tolerance.
     """
     import onnx
-    import torch
 
     path = Path(path)
     if opset < 17:
         raise ExportError(path, f"opset must be >= 17, got {opset}")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    proto = _export_graph(model, path, in_channels, opset)
+    _name_dynamic_dims(proto)
+    set_metadata(proto, metadata or {})
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    try:
+        check = check_onnx(model, path, in_channels=in_channels, atol=atol, rtol=rtol)
+    except Exception:
+        path.unlink(missing_ok=True)
+        raise
+    if not check.within_tolerance:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            path,
+            f"ONNX output differs from PyTorch by up to {check.max_abs_diff:.3g} "
+            f"(tolerance {atol} + {rtol} x |logits|)",
+        )
+    return check
+
+
+def _export_graph(model: torch.nn.Module, path: Path, in_channels: int, opset: int):
+    """The ``torch.export`` based exporter's graph, batch/height/width dynamic, BatchNorm folded."""
+    import torch
+
     # Batch 2 and a non-square example: torch.export specialises dimensions of size 1.
     example = torch.rand(2, in_channels, 64, 96)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
@@ -107,23 +131,7 @@ def export_onnx(
             )
     except Exception as exc:
         raise ExportError(path, f"torch.onnx.export failed: {exc}") from exc
-    proto = program.model_proto
-    _name_dynamic_dims(proto)
-    set_metadata(proto, metadata or {})
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    try:
-        check = check_onnx(model, path, in_channels=in_channels, atol=atol, rtol=rtol)
-    except Exception:
-        path.unlink(missing_ok=True)
-        raise
-    if not check.within_tolerance:
-        path.unlink(missing_ok=True)
-        raise ExportError(
-            path,
-            f"ONNX output differs from PyTorch by up to {check.max_abs_diff:.3g} "
-            f"(tolerance {atol} + {rtol} x |logits|)",
-        )
-    return check
+    return program.model_proto
 
 
 def check_onnx(
@@ -190,8 +198,18 @@ def _name_dynamic_dims(proto: onnx.ModelProto) -> None:
                 dim.dim_param = names[dim.dim_param]
 
 
-def export_checkpoint(checkpoint: str | Path, path: str | Path) -> ExportCheck:
-    """Export a checkpoint (see :func:`pbf_core.models.save_checkpoint`) with its spec embedded.
+@dataclass(frozen=True)
+class ExportedModel:
+    """The fp32 ONNX file of a checkpoint, its spec (also in the file) and the export check."""
+
+    path: Path
+    checkpoint: Path
+    spec: ModelSpec
+    check: ExportCheck
+
+
+def export_model(checkpoint: str | Path, path: str | Path) -> ExportedModel:
+    """Export a checkpoint to fp32 ONNX with its spec embedded (the pipeline's export step).
 
     Raises:
         CheckpointError: unreadable checkpoint.
@@ -200,6 +218,7 @@ def export_checkpoint(checkpoint: str | Path, path: str | Path) -> ExportCheck:
     from pbf_core.model.checkpoints import load_checkpoint
 
     model, spec = load_checkpoint(checkpoint)
-    return export_onnx(
+    check = export_onnx(
         model, path, in_channels=spec.in_channels, metadata=spec_metadata(spec, "onnx-fp32")
     )
+    return ExportedModel(Path(path), Path(checkpoint), spec, check)

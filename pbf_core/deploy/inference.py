@@ -1,11 +1,11 @@
-"""Run a trained segmenter on whole layers: tiles at native resolution, stitched, thresholded.
+"""Run a trained segmenter on whole layers: raw layer in, probabilities, mask and components out.
 
 Nothing here trains. A :class:`Segmenter` wraps either a torch module or an ONNX Runtime session
-behind one ``predict(batch) -> probabilities`` function, so the service, the batch flow and the
-evaluation share one code path. Layers are never resized: a layer is cut into overlapping
-``tile_size`` tiles (from the model's :class:`~pbf_core.models.ModelSpec`), each tile's
-probabilities are weighted by a Hann window (tile borders, where the network sees least context,
-count least) and the weighted sum is divided by the summed weights.
+behind one ``predict(batch) -> probabilities`` function (a :data:`~pbf_core.deploy.tiling.PredictFn`),
+so the service, the batch flow and the evaluation share one code path: normalise the layer as the
+model's spec says (:mod:`pbf_core.deploy.inputs`), cut it into tiles at native resolution and
+stitch them (:mod:`pbf_core.deploy.tiling`), threshold, find components
+(:mod:`pbf_core.deploy.overlays`).
 
 ``torch`` and ``onnxruntime`` are imported inside the functions that need them.
 """
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.overlays import Component, find_components
+from pbf_core.deploy.tiling import PredictFn, predict_tiled
 from pbf_core.model.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
-from pbf_core.deploy.inputs import prepare_input
-from pbf_core.deploy.overlays import Component, find_components
-from pbf_core.deploy.tiling import PredictFn, predict_tiled
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Segmenter:
         precision: str = "fp32",
         batch_size: int = 4,
     ) -> Segmenter:
-        """Wrap a torch model (``device``/``precision`` as in :mod:`pbf_core.devices`)."""
+        """Wrap a torch model (``device``/``precision`` as in :mod:`pbf_core.model.devices`)."""
         import torch
 
         from pbf_core.model.devices import resolve_device, resolve_precision
@@ -122,7 +122,7 @@ class Segmenter:
     def from_checkpoint(
         cls, path: str | Path, device: str = "cpu", precision: str = "fp32", batch_size: int = 4
     ) -> Segmenter:
-        """Load a safetensors checkpoint (see :func:`pbf_core.models.load_checkpoint`)."""
+        """Load a safetensors checkpoint (see :func:`pbf_core.model.checkpoints.load_checkpoint`)."""
         from pbf_core.model.checkpoints import load_checkpoint
 
         model, spec = load_checkpoint(path)
@@ -165,3 +165,15 @@ class Segmenter:
         prob = self.predict_proba(image)
         mask = prob >= th
         return Segmentation(prob, mask, find_components(mask, prob), th)
+
+
+def load_segmenter(path: str | Path, device: str = "cpu") -> Segmenter:
+    """A :class:`Segmenter` for a model file: an ``.onnx`` file with pbf metadata (ONNX Runtime)
+    or a ``.safetensors`` checkpoint (PyTorch on ``device``).
+
+    Raises:
+        ExportError, CheckpointError: unreadable file or no pbf spec in it.
+    """
+    if Path(path).suffix == ".onnx":
+        return Segmenter.from_onnx(path)
+    return Segmenter.from_checkpoint(path, device=device)

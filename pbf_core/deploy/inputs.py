@@ -1,28 +1,18 @@
-"""Run a trained segmenter on whole layers: tiles at native resolution, stitched, thresholded.
+"""Raw layer images → the network's normalised ``(C, H, W)`` input, as ``pbf prepare`` does it.
 
-Nothing here trains. A :class:`Segmenter` wraps either a torch module or an ONNX Runtime session
-behind one ``predict(batch) -> probabilities`` function, so the service, the batch flow and the
-evaluation share one code path. Layers are never resized: a layer is cut into overlapping
-``tile_size`` tiles (from the model's :class:`~pbf_core.models.ModelSpec`), each tile's
-probabilities are weighted by a Hann window (tile borders, where the network sees least context,
-count least) and the weighted sum is divided by the summed weights.
-
-``torch`` and ``onnxruntime`` are imported inside the functions that need them.
+The model's spec says which views, in which order, and how each is normalised; nothing here is
+a model constant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pbf_core.data.imaging import normalize, stack_layers, to_gray
 from pbf_core.model.spec import ModelSpec
-
-if TYPE_CHECKING:
-    pass
 
 
 def prepare_input(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -> np.ndarray:

@@ -1,13 +1,8 @@
-"""ONNX export of a segmentation model, checked against PyTorch, with its metadata embedded.
+"""The ``pbf.*`` metadata of an ONNX file: the model spec, threshold and parity travel with it.
 
-The exported graph takes ``image``: ``(N, C, H, W) float32`` (normalised as the model's spec says)
-and returns ``logits``: ``(N, 1, H, W) float32``; batch, height and width are dynamic (H and W must
-be multiples of the encoder's output stride, 32 for the U-Net). Everything needed to use the file
-(views, normalisation, tile size, decision threshold, training-data digest) is written into the
-file's ``metadata_props`` under ``pbf.*`` keys, so a served prediction never depends on a constant
-kept elsewhere.
-
-``torch`` and ``onnx`` are imported inside the functions that need them.
+Everything needed to use the file (views, normalisation, tile size, decision threshold,
+training-data digest) is stored in the file's ``metadata_props`` as JSON values, so a served
+prediction never depends on a constant kept elsewhere.
 """
 
 from __future__ import annotations

@@ -1,28 +1,14 @@
-"""Run a trained segmenter on whole layers: tiles at native resolution, stitched, thresholded.
-
-Nothing here trains. A :class:`Segmenter` wraps either a torch module or an ONNX Runtime session
-behind one ``predict(batch) -> probabilities`` function, so the service, the batch flow and the
-evaluation share one code path. Layers are never resized: a layer is cut into overlapping
-``tile_size`` tiles (from the model's :class:`~pbf_core.models.ModelSpec`), each tile's
-probabilities are weighted by a Hann window (tile borders, where the network sees least context,
-count least) and the weighted sum is divided by the summed weights.
-
-``torch`` and ``onnxruntime`` are imported inside the functions that need them.
-"""
+"""What a segmentation shows a person: defect components with their boxes, and overlay images."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pbf_core.data.imaging import normalize, to_gray
-
-if TYPE_CHECKING:
-    pass
 
 OVERLAY_RED = (255, 0, 0)
 OVERLAY_YELLOW = (255, 255, 0)

@@ -1,48 +1,23 @@
-"""Post-training quantization of the exported model and the parity gate every variant must pass.
+"""The parity gate every exported variant must pass, and the int8 threshold matched to fp32.
 
-Variants (see :data:`VARIANTS`):
-
-- ``torch-fp32``: the trained PyTorch model, eager mode — the reference.
-- ``torch-dynamic-int8``: the prototype's ``torch.ao.quantization.quantize_dynamic`` over
-  ``nn.Linear``. A U-Net has no Linear layer, so it changes nothing but overhead; it is kept only
-  as the baseline the prototype reported.
-- ``onnx-fp32``: the ONNX export run by ONNX Runtime.
-- ``onnx-int8``: ONNX Runtime static int8, QDQ format, calibrated on tiles of real training
-  layers, with its own decision threshold (see :func:`match_threshold`).
-
-The defaults of :class:`~pbf_core.config.QuantizeConfig` were chosen by measurement (U-Net /
-MobileNetV2 trained briefly on a 40-layer synthetic build, 6 held-out layers against true masks,
-AVX-512 VNNI CPU): per-channel weights agree with the fp32 masks better than per-tensor (agreement
-Dice 0.991 vs 0.972); uint8 activations give the same masks as int8 ones and run about 1.5x faster
-(U8S8 hits the VNNI kernels); entropy calibration gave the same masks as MinMax at about 10x the
-calibration time, 99.999-percentile slightly worse (0.986). ONNX Runtime's int8 convolution is
-slow for narrow layers over many pixels (per-node profile at 320² of the earlier full-resolution
-head: a 16→8 3×3 conv took 13 ms in int8, a 1376→128 one 2 ms), which is why the default network
-(:class:`pbf_core.networks.ShuffleHead`) has no convolution at full resolution; convolutions with
-at most ``float_max_channels`` (8) outputs (there: the final 1×1 logit layer) stay in float.
-The quantized model's scores sit slightly higher than fp32's (mean +0.16 logit, from rounding
-noise rectified by the ReLUs): at the fp32 threshold its masks grow (agreement Dice 0.965-0.975, truth Dice -0.01 to -0.02); with its own
-threshold picked on validation layers they match (agreement 0.990, truth Dice within 0.004).
-
-The parity gate scores every variant's masks against the evaluation layers' labels next to the
-fp32 model's; a variant losing more Dice or recall than the configured tolerance fails, with the
-numbers in the result.
+:func:`check_parity` scores a variant's masks against the evaluation layers' labels next to the
+reference's (the PyTorch fp32 model); a variant losing more Dice or recall than the configured
+tolerance fails, with the numbers in the result. :func:`match_threshold` re-picks a quantized
+model's decision threshold so its masks agree best with the fp32 model's (quantization shifts the
+scores slightly but systematically).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pbf_core.config import QuantizeConfig
-
-if TYPE_CHECKING:
-    pass
 from pbf_core.errors import QuantizationError
 
+#: The variant every other one is compared with: the trained PyTorch model, fp32, eager.
 REFERENCE_VARIANT = "torch-fp32"
 
 
@@ -177,7 +152,7 @@ def match_threshold(
     Args:
         reference: ``(H, W) bool`` fp32 masks.
         probabilities: ``(H, W) float32`` probabilities of the quantized model, same layers.
-        thresholds: candidates (default :data:`pbf_core.metrics.DEFAULT_THRESHOLDS`).
+        thresholds: candidates (default :data:`pbf_core.evaluation.metrics.DEFAULT_THRESHOLDS`).
 
     Returns:
         ``(threshold, agreement Dice)``; ties go to the lowest threshold.

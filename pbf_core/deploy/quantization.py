@@ -18,7 +18,7 @@ Dice 0.991 vs 0.972); uint8 activations give the same masks as int8 ones and run
 calibration time, 99.999-percentile slightly worse (0.986). ONNX Runtime's int8 convolution is
 slow for narrow layers over many pixels (per-node profile at 320² of the earlier full-resolution
 head: a 16→8 3×3 conv took 13 ms in int8, a 1376→128 one 2 ms), which is why the default network
-(:class:`pbf_core.networks.ShuffleHead`) has no convolution at full resolution; convolutions with
+(:class:`pbf_core.model.networks.ShuffleHead`) has no convolution at full resolution; convolutions with
 at most ``float_max_channels`` (8) outputs (there: the final 1×1 logit layer) stay in float.
 The quantized model's scores sit slightly higher than fp32's (mean +0.16 logit, from rounding
 noise rectified by the ReLUs): at the fp32 threshold its masks grow (agreement Dice 0.965-0.975, truth Dice -0.01 to -0.02); with its own
@@ -42,11 +42,17 @@ import numpy as np
 from pbf_core.config import QuantizeConfig
 from pbf_core.deploy.export import INPUT_NAME
 from pbf_core.deploy.metadata import read_metadata
+from pbf_core.deploy.parity import REFERENCE_VARIANT, Parity, check_parity, match_threshold
+from pbf_core.errors import QuantizationError
+from pbf_core.files import write_json
 
 if TYPE_CHECKING:
     import torch
-from pbf_core.deploy.parity import REFERENCE_VARIANT, Parity, check_parity, match_threshold
-from pbf_core.errors import QuantizationError
+
+    from pbf_core.data.dataset import PreparedDataset, Sample
+    from pbf_core.deploy.export import ExportedModel
+    from pbf_core.deploy.tiling import PredictFn
+    from pbf_core.model.spec import ModelSpec
 
 VARIANTS: tuple[str, ...] = ("torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8")
 
@@ -133,7 +139,7 @@ def quantize_static(
     metadata and adds ``variant`` and ``quantization`` (the config used).
 
     Args:
-        fp32_onnx: file written by :func:`pbf_core.export.export_onnx`.
+        fp32_onnx: file written by :func:`pbf_core.deploy.export.export_onnx`.
         out: output ``.onnx`` file.
         tiles: ``(N, C, H, W) float32`` calibration inputs, normalised like the model's input.
         cfg: calibration method, per-channel, types, float layers.
@@ -144,6 +150,26 @@ def quantize_static(
     Raises:
         QuantizationError: missing model, tiles of the wrong shape, or a quantizer failure.
     """
+    cfg = cfg or QuantizeConfig()
+    fp32_onnx, out = Path(fp32_onnx), Path(out)
+    meta = read_metadata(fp32_onnx)
+    if tiles.ndim != 4 or tiles.dtype != np.float32 or not len(tiles):
+        raise QuantizationError(
+            fp32_onnx, f"calibration tiles must be (N, C, H, W) float32, got {tiles.shape}"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_quantizer(fp32_onnx, out, tiles, cfg)
+    except Exception as exc:
+        out.unlink(missing_ok=True)
+        raise QuantizationError(fp32_onnx, f"static quantization failed: {exc}") from exc
+    quantization = cfg.model_dump(mode="json")
+    _set_file_metadata(out, {**meta, "variant": "onnx-int8", "quantization": quantization})
+    return out
+
+
+def _run_quantizer(fp32_onnx: Path, out: Path, tiles: np.ndarray, cfg: QuantizeConfig) -> None:
+    """ONNX Runtime's pre-processing and static QDQ quantizer, narrow convolutions left float."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -153,50 +179,28 @@ def quantize_static(
     )
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    from pbf_core.deploy.metadata import set_metadata
-
-    cfg = cfg or QuantizeConfig()
-    fp32_onnx, out = Path(fp32_onnx), Path(out)
-    meta = read_metadata(fp32_onnx)
-    if tiles.ndim != 4 or tiles.dtype != np.float32 or not len(tiles):
-        raise QuantizationError(
-            fp32_onnx, f"calibration tiles must be (N, C, H, W) float32, got {tiles.shape}"
-        )
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="pbf-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
-        excluded = _narrow_convs(onnx.load_model(str(pre)), cfg.float_max_channels)
-        try:
-            ort_quantize_static(
-                str(pre),
-                str(out),
-                _TileReader(tiles, cfg.calibration_batch),
-                quant_format=QuantFormat.QDQ,
-                per_channel=cfg.per_channel,
-                reduce_range=cfg.reduce_range,
-                activation_type=types[cfg.activation_type],
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
-                calibrate_method=methods[cfg.calibration_method],
-                extra_options={"CalibPercentile": cfg.percentile},
-            )
-        except Exception as exc:
-            out.unlink(missing_ok=True)
-            raise QuantizationError(fp32_onnx, f"static quantization failed: {exc}") from exc
-    quantized = onnx.load_model(str(out))
-    set_metadata(
-        quantized,
-        {**meta, "variant": "onnx-int8", "quantization": cfg.model_dump(mode="json")},
-    )
-    onnx.save_model(quantized, str(out))
-    return out
+        ort_quantize_static(
+            str(pre),
+            str(out),
+            _TileReader(tiles, cfg.calibration_batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range,
+            activation_type=types[cfg.activation_type],
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_narrow_convs(onnx.load_model(str(pre)), cfg.float_max_channels),
+            calibrate_method=methods[cfg.calibration_method],
+            extra_options={"CalibPercentile": cfg.percentile},
+        )
 
 
 def _narrow_convs(model, max_channels: int) -> list[str]:
@@ -228,180 +232,199 @@ def quantize_dynamic_torch(model: torch.nn.Module) -> torch.nn.Module:
         )
 
 
-def load_split(checkpoint: str | Path, data: str | Path) -> dict[str, list[str]]:
-    """Layer ids per split (train/val/test) the checkpoint was trained with.
-
-    ``split.json`` beside the checkpoint (written by :func:`pbf_core.training.train`) is used when
-    its ids are all in ``data``; otherwise the layers are split again with the training defaults
-    (only layers with a true mask when the model was trained on truth).
-
-    Raises:
-        DatasetError: ``data`` is not a prepared dataset.
-        QuantizationError: ``split.json`` exists but is not a split of ``data``.
-    """
-    import json
-
-    from pbf_core.config import TrainConfig
-    from pbf_core.data.dataset import load_manifest
-    from pbf_core.data.split import split_layers
-    from pbf_core.model.checkpoints import read_spec
-
-    manifest = load_manifest(data)
-    saved = Path(checkpoint).parent / "split.json"
-    if saved.is_file():
-        split = json.loads(saved.read_text())
-        known = {e.id for e in manifest.layers}
-        missing = [i for ids in split.values() for i in ids if i not in known]
-        if missing:
-            raise QuantizationError(
-                saved, f"{len(missing)} layer ids not in {data}, e.g. {missing[0]}: other data?"
-            )
-        return split
-    entries = manifest.layers
-    if read_spec(checkpoint).labels == "truth":
-        entries = tuple(e for e in entries if e.truth)
-    defaults = TrainConfig()
-    return split_layers([e.id for e in entries], defaults.split, defaults.seed)
-
-
 @dataclass(frozen=True)
-class QuantizeResult:
-    """Files written by :func:`quantize_model` and the parity of each ONNX variant."""
+class QuantizedModel:
+    """The static int8 file beside its fp32 one, how it was made, and the parity of both.
+
+    Attributes:
+        fp32, int8: the ONNX files (each carries its threshold and parity in its metadata).
+        checkpoint: the PyTorch model both were made from (the parity reference).
+        thresholds: decision threshold of each variant (``onnx-int8`` may have its own).
+        threshold_matched_on: the split part the int8 threshold was matched on (None: not).
+        calibration_labels: what the defect-centred calibration tiles were centred on.
+        calibration_tiles: shape of the calibration batch ``(N, C, tile, tile)``.
+        parity: ``onnx-fp32`` and ``onnx-int8`` against the PyTorch fp32 model.
+        report: ``quantize.json``.
+    """
 
     fp32: Path
     int8: Path
-    report: Path
+    checkpoint: Path
+    thresholds: dict[str, float]
+    threshold_matched_on: str | None
+    calibration_labels: str
+    calibration_tiles: tuple[int, ...]
     parity: dict[str, Parity]
+    report: Path
 
     @property
     def passed(self) -> bool:
         return all(p.passed for p in self.parity.values())
 
+    @property
+    def int8_parity(self) -> Parity:
+        return self.parity["onnx-int8"]
 
-def quantize_model(
-    checkpoint: str | Path,
-    data: str | Path,
-    out: str | Path,
-    cfg: QuantizeConfig | None = None,
-) -> QuantizeResult:
-    """Export a checkpoint to ONNX, quantize it to static int8, gate both on parity.
 
-    Calibration tiles come from the training layers of ``data``. With ``cfg.match_threshold`` the
-    int8 file gets its own decision threshold (see :func:`match_threshold`), picked on the
-    validation layers (training layers if there are none). Parity is measured on the test layers
-    (validation layers if there are none) against the PyTorch fp32 model, every variant
-    segmenting the way serving does (tiles of the spec's size, stitched, thresholded).
+def calibration_set(
+    samples: Sequence[Sample], spec: ModelSpec, cfg: QuantizeConfig
+) -> tuple[np.ndarray, str]:
+    """Calibration tiles of the training layers and the labels the defect tiles centre on.
 
-    Writes into ``out``: ``model.fp32.onnx``, ``model.int8.onnx`` (both carrying the spec as
-    ``pbf.*`` metadata, each with its own threshold and its parity) and ``quantize.json``
-    (config, export check, thresholds, sizes, parity).
-
-    Args:
-        checkpoint: ``model.safetensors`` from ``pbf train``.
-        data: the prepared dataset it was trained on.
-        out: output directory.
-        cfg: calibration and parity settings.
-
-    Returns:
-        Paths and the parity of ``onnx-fp32`` and ``onnx-int8``; a failed gate is reported there
-        (and in ``quantize.json``), not raised, so the numbers are kept.
-
-    Raises:
-        CheckpointError, DatasetError, ExportError, QuantizationError: unusable inputs.
+    The labels are those the model was trained on (``spec.labels``) when every layer has them,
+    else the weak labels.
     """
-    import onnx
+    from pbf_core.data.dataset import target_of
 
-    from pbf_core.data.dataset import load_manifest, load_samples, target_of
-    from pbf_core.deploy.export import export_checkpoint
-    from pbf_core.deploy.inference import onnx_predictor, torch_predictor
-    from pbf_core.deploy.metadata import set_metadata
-    from pbf_core.deploy.runtimes import open_session
-    from pbf_core.deploy.tiling import predict_tiled
-    from pbf_core.files import write_json
-    from pbf_core.model.checkpoints import load_checkpoint
-
-    cfg = cfg or QuantizeConfig()
-    out = Path(out)
-    model, spec = load_checkpoint(checkpoint)
-    split = load_split(checkpoint, data)
-    entries = {e.id: e for e in load_manifest(data).layers}
-
-    def samples(part: str) -> list:
-        return load_samples(data, [entries[i] for i in split[part]])
-
-    fp32 = out / "model.fp32.onnx"
-    check = export_checkpoint(checkpoint, fp32)
-    train = samples("train")
-    labels = spec.labels if all(s.truth is not None for s in train) else "weak"
+    labels = spec.labels if all(s.truth is not None for s in samples) else "weak"
     tiles = sample_calibration_tiles(
-        [s.image for s in train],
+        [s.image for s in samples],
         cfg.calibration_tile or spec.tile_size,
         cfg,
-        [target_of(s, labels) for s in train],
+        [target_of(s, labels) for s in samples],
     )
-    del train
-    int8 = quantize_static(fp32, out / "model.int8.onnx", tiles, cfg)
+    return tiles, labels
 
-    predictors = {
+
+def _layer_probabilities(predict: PredictFn, samples: Sequence[Sample], spec: ModelSpec) -> list:
+    from pbf_core.deploy.tiling import predict_tiled
+
+    return [predict_tiled(predict, s.image, spec.tile_size, spec.tile_overlap) for s in samples]
+
+
+def _set_file_metadata(path: Path, metadata: dict) -> None:
+    import onnx
+
+    from pbf_core.deploy.metadata import set_metadata
+
+    proto = onnx.load_model(str(path))
+    set_metadata(proto, metadata)
+    onnx.save_model(proto, str(path))
+
+
+def _predictors(exported: ExportedModel, int8: Path) -> dict[str, PredictFn]:
+    from pbf_core.deploy.inference import onnx_predictor, torch_predictor
+    from pbf_core.deploy.runtimes import open_session
+    from pbf_core.model.checkpoints import load_checkpoint
+
+    model, _ = load_checkpoint(exported.checkpoint)
+    return {
         REFERENCE_VARIANT: torch_predictor(model),
-        "onnx-fp32": onnx_predictor(open_session(fp32)),
+        "onnx-fp32": onnx_predictor(open_session(exported.path)),
         "onnx-int8": onnx_predictor(open_session(int8)),
     }
 
-    def probabilities(name: str, layers: list) -> list[np.ndarray]:
-        fn = predictors[name]
-        return [predict_tiled(fn, s.image, spec.tile_size, spec.tile_overlap) for s in layers]
 
+def _matched_int8_threshold(
+    predictors: dict[str, PredictFn], samples: Sequence[Sample], spec: ModelSpec
+) -> float:
+    """The int8 threshold whose masks agree best with the fp32 model's on ``samples``."""
+    reference = [
+        p >= spec.threshold
+        for p in _layer_probabilities(predictors[REFERENCE_VARIANT], samples, spec)
+    ]
+    threshold, _ = match_threshold(
+        reference, _layer_probabilities(predictors["onnx-int8"], samples, spec)
+    )
+    return threshold
+
+
+def _gate(
+    predictors: dict[str, PredictFn],
+    thresholds: dict[str, float],
+    samples: Sequence[Sample],
+    spec: ModelSpec,
+    cfg: QuantizeConfig,
+) -> dict[str, Parity]:
+    """Parity of the ONNX variants on ``samples``, each at its own threshold, against fp32."""
+    from pbf_core.data.dataset import target_of
+
+    label_kind = "truth" if all(s.truth is not None for s in samples) else "weak"
+    labels = [target_of(s, label_kind) for s in samples]
+    masks = {
+        name: [p >= thresholds[name] for p in _layer_probabilities(fn, samples, spec)]
+        for name, fn in predictors.items()
+    }
+    return {
+        name: check_parity(name, masks[REFERENCE_VARIANT], masks[name], labels, cfg, label_kind)
+        for name in ("onnx-fp32", "onnx-int8")
+    }
+
+
+def quantize_model(
+    exported: ExportedModel,
+    dataset: PreparedDataset,
+    cfg: QuantizeConfig,
+    out: str | Path,
+) -> QuantizedModel:
+    """Static int8 from the exported model, gated on parity (the pipeline's quantize step).
+
+    Calibration tiles come from the split's training layers (see :func:`calibration_set`). With
+    ``cfg.match_threshold`` the int8 file gets its own decision threshold (see
+    :func:`~pbf_core.deploy.parity.match_threshold`), matched on the validation layers (training
+    layers if there are none). Parity is measured on the split's evaluation layers against the
+    PyTorch fp32 model, every variant segmenting as serving does (tiles of the spec's size,
+    stitched, thresholded). Both ONNX files get their threshold and parity in their metadata.
+
+    Writes ``out/model.int8.onnx`` and ``out/quantize.json``.
+
+    Returns:
+        Files, thresholds and parity; a failed gate is reported there (and in
+        ``quantize.json``), not raised, so the numbers are kept.
+
+    Raises:
+        DatasetError: the dataset has no split. QuantizationError: unusable calibration data.
+    """
+    split, spec, out = dataset.require_split(), exported.spec, Path(out)
+    tiles, calibrated_on = calibration_set(dataset.samples(split.train), spec, cfg)
+    int8 = quantize_static(exported.path, out / "model.int8.onnx", tiles, cfg)
+    predictors = _predictors(exported, int8)
     thresholds = dict.fromkeys(predictors, spec.threshold)
     matched_on = None
     if cfg.match_threshold:
-        matched_on = "val" if split.get("val") else "train"
-        layers = samples(matched_on)
-        reference = [p >= spec.threshold for p in probabilities(REFERENCE_VARIANT, layers)]
-        thresholds["onnx-int8"], _ = match_threshold(reference, probabilities("onnx-int8", layers))
-        quantized = onnx.load_model(str(int8))
-        set_metadata(
-            quantized,
-            {"threshold": thresholds["onnx-int8"], "reference_threshold": spec.threshold},
+        matched_on = "val" if split.val else "train"
+        layers = dataset.samples(split.part(matched_on))
+        thresholds["onnx-int8"] = _matched_int8_threshold(predictors, layers, spec)
+        _set_file_metadata(
+            int8, {"threshold": thresholds["onnx-int8"], "reference_threshold": spec.threshold}
         )
-        onnx.save_model(quantized, str(int8))
-
-    evaluated_on = "test" if split.get("test") else "val"
-    evaluation = samples(evaluated_on)
-    label_kind = "truth" if all(s.truth is not None for s in evaluation) else "weak"
-    truth = [target_of(s, label_kind) for s in evaluation]
-    masks = {
-        name: [p >= thresholds[name] for p in probabilities(name, evaluation)]
-        for name in predictors
-    }
-    parity = {
-        name: check_parity(name, masks[REFERENCE_VARIANT], masks[name], truth, cfg, label_kind)
-        for name in ("onnx-fp32", "onnx-int8")
-    }
-    for name, path in (("onnx-fp32", fp32), ("onnx-int8", int8)):
-        # the gate's verdict travels with the file, like its threshold
-        proto = onnx.load_model(str(path))
-        set_metadata(proto, {"parity": parity[name].to_dict()})
-        onnx.save_model(proto, str(path))
-    report = out / "quantize.json"
+    parity = _gate(predictors, thresholds, dataset.samples(split.eval_ids), spec, cfg)
+    for name, path in (("onnx-fp32", exported.path), ("onnx-int8", int8)):
+        _set_file_metadata(
+            path, {"parity": parity[name].to_dict()}
+        )  # the verdict travels with the file
+    result = QuantizedModel(
+        exported.path, int8, exported.checkpoint, thresholds, matched_on, calibrated_on,
+        tuple(tiles.shape), parity, out / "quantize.json",
+    )  # fmt: skip
     write_json(
-        report,
-        {
-            "checkpoint": str(checkpoint),
-            "data": str(data),
-            "config": cfg.model_dump(mode="json"),
-            "export_check": asdict(check),
-            "calibration_tiles": list(tiles.shape),
-            "thresholds": thresholds,
-            "threshold_matched_on": matched_on,
-            "evaluated_on": evaluated_on,
-            "evaluation_layers": len(evaluation),
-            "files": {
-                "onnx-fp32": {"path": fp32.name, "size_mb": round(fp32.stat().st_size / 1e6, 2)},
-                "onnx-int8": {"path": int8.name, "size_mb": round(int8.stat().st_size / 1e6, 2)},
-            },
-            "parity": {k: p.to_dict() for k, p in parity.items()},
-            "passed": all(p.passed for p in parity.values()),
-        },
+        result.report, _report(result, exported, split.evaluated_on, len(split.eval_ids), cfg)
     )
-    return QuantizeResult(fp32, int8, report, parity)
+    return result
+
+
+def _report(
+    result: QuantizedModel,
+    exported: ExportedModel,
+    evaluated_on: str,
+    layers: int,
+    cfg: QuantizeConfig,
+) -> dict:
+    """``quantize.json``: config, export check, calibration, thresholds, sizes, parity."""
+    return {
+        "checkpoint": str(result.checkpoint),
+        "config": cfg.model_dump(mode="json"),
+        "export_check": asdict(exported.check),
+        "calibration_tiles": list(result.calibration_tiles),
+        "calibration_labels": result.calibration_labels,
+        "thresholds": result.thresholds,
+        "threshold_matched_on": result.threshold_matched_on,
+        "evaluated_on": evaluated_on,
+        "evaluation_layers": layers,
+        "files": {
+            name: {"path": path.name, "size_mb": round(path.stat().st_size / 1e6, 2)}
+            for name, path in (("onnx-fp32", result.fp32), ("onnx-int8", result.int8))
+        },
+        "parity": {k: p.to_dict() for k, p in result.parity.items()},
+        "passed": result.passed,
+    }

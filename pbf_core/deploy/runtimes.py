@@ -1,29 +1,23 @@
-"""ONNX export of a segmentation model, checked against PyTorch, with its metadata embedded.
+"""Run an exported ONNX file on the CPU: ONNX Runtime, or OpenVINO where it is installed.
 
-The exported graph takes ``image``: ``(N, C, H, W) float32`` (normalised as the model's spec says)
-and returns ``logits``: ``(N, 1, H, W) float32``; batch, height and width are dynamic (H and W must
-be multiples of the encoder's output stride, 32 for the U-Net). Everything needed to use the file
-(views, normalisation, tile size, decision threshold, training-data digest) is written into the
-file's ``metadata_props`` under ``pbf.*`` keys, so a served prediction never depends on a constant
-kept elsewhere.
-
-``torch`` and ``onnx`` are imported inside the functions that need them.
+Both read the same file (fp32 or the static int8 QDQ model) and give a
+:data:`~pbf_core.deploy.tiling.PredictFn`. The service takes OpenVINO when it can
+(``runtime="auto"``; ``benchmarks/serve.py`` compares the two), checked against ONNX Runtime at
+load. Float parts of a model run in float32 under both (OpenVINO would otherwise pick bfloat16 on
+CPUs that have it). OpenVINO compiles a model for static input shapes, so a batch is run in
+chunks of at most ``chunk`` tiles, each chunk size compiled once and kept.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-if TYPE_CHECKING:
-    pass
 import importlib.util
 import logging
 import threading
 from collections import OrderedDict
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
 
 from pbf_core.deploy.inference import onnx_predictor, sigmoid
 from pbf_core.deploy.tiling import PredictFn
@@ -226,39 +220,43 @@ def open_predictor(
     chosen = resolve_runtime(runtime)
     if chosen == "onnxruntime":
         return _onnxruntime(path, threads), chosen
-    import os
-
-    per_inference = threads or os.cpu_count() or 1
-    ort: PredictFn | None = None
     try:
-        predictor = OpenVINOPredictor(
-            path,
-            threads=per_inference,
-            chunk=chunk,
-            warm_tile=warm_tile,
-            streams=streams or max(1, (os.cpu_count() or 1) // per_inference),
-        )
-        diff = 0.0
-        if warm_tile is not None:
-            ort = _onnxruntime(path, threads)
-            diff = runtime_difference(predictor, ort, warm_tile, predictor.channels)
+        predictor, ort, diff = _checked_openvino(path, threads, chunk, warm_tile, streams)
     except Exception as exc:  # an OpenVINO that cannot load or run this file
         if runtime == "openvino":
             raise
         logger.warning("%s: OpenVINO failed (%s); using ONNX Runtime", path, exc)
-        return ort or _onnxruntime(path, threads), "onnxruntime"
-    if diff > MAX_RUNTIME_DIFFERENCE:
-        if runtime == "openvino":
-            raise ExportError(
-                path, f"OpenVINO's probabilities differ from ONNX Runtime's by {diff:.4f}"
-            )
-        logger.warning(
-            "%s: OpenVINO differs from ONNX Runtime by %.4f (mean |dp|); using ONNX Runtime",
-            path,
-            diff,
+        return _onnxruntime(path, threads), "onnxruntime"
+    if diff <= MAX_RUNTIME_DIFFERENCE:
+        return predictor, chosen
+    if runtime == "openvino":
+        raise ExportError(
+            path, f"OpenVINO's probabilities differ from ONNX Runtime's by {diff:.4f}"
         )
-        return ort, "onnxruntime"
-    return predictor, chosen
+    logger.warning(
+        "%s: OpenVINO differs from ONNX Runtime by %.4f (mean |dp|); using ONNX Runtime", path, diff
+    )
+    return ort, "onnxruntime"
+
+
+def _checked_openvino(
+    path: str | Path, threads: int | None, chunk: int, warm_tile: int | None, streams: int | None
+) -> tuple[OpenVINOPredictor, PredictFn | None, float]:
+    """OpenVINO's predictor, and (with ``warm_tile``) ONNX Runtime's and how far apart they are."""
+    import os
+
+    per_inference = threads or os.cpu_count() or 1
+    predictor = OpenVINOPredictor(
+        path,
+        threads=per_inference,
+        chunk=chunk,
+        warm_tile=warm_tile,
+        streams=streams or max(1, (os.cpu_count() or 1) // per_inference),
+    )
+    if warm_tile is None:
+        return predictor, None, 0.0
+    ort = _onnxruntime(path, threads)
+    return predictor, ort, runtime_difference(predictor, ort, warm_tile, predictor.channels)
 
 
 def _onnxruntime(path: str | Path, threads: int | None) -> PredictFn:

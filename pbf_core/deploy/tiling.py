@@ -1,26 +1,18 @@
-"""Run a trained segmenter on whole layers: tiles at native resolution, stitched, thresholded.
+"""Whole layers at native resolution from a model that sees tiles.
 
-Nothing here trains. A :class:`Segmenter` wraps either a torch module or an ONNX Runtime session
-behind one ``predict(batch) -> probabilities`` function, so the service, the batch flow and the
-evaluation share one code path. Layers are never resized: a layer is cut into overlapping
-``tile_size`` tiles (from the model's :class:`~pbf_core.models.ModelSpec`), each tile's
-probabilities are weighted by a Hann window (tile borders, where the network sees least context,
-count least) and the weighted sum is divided by the summed weights.
-
-``torch`` and ``onnxruntime`` are imported inside the functions that need them.
+A layer is never resized: it is cut into overlapping ``tile_size`` tiles (from the model's
+:class:`~pbf_core.model.spec.ModelSpec`), each tile's probabilities are weighted by a Hann window
+(tile borders, where the network sees least context, count least) and the weighted sum is divided
+by the summed weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pbf_core.model.spec import OUTPUT_STRIDE
-
-if TYPE_CHECKING:
-    pass
 
 #: ``(N, C, h, w) float32`` normalised tiles → ``(N, h, w) float32`` defect probabilities.
 PredictFn = Callable[[np.ndarray], np.ndarray]

@@ -1,25 +1,15 @@
-"""Weak defect labels from classical computer vision, and their quality against true masks.
+"""Segmentation quality as pure functions of masks and probability maps.
 
-Two methods turn a normalised layer image into a binary weak label:
+Pixel metrics follow segmentation-models-pytorch's shape: count once (:func:`pixel_stats`), then
+score with a ``reduction`` — ``micro`` sums the counts over images before dividing (every pixel
+weighs the same), ``per_image`` scores each image and averages (every image weighs the same).
+Instance metrics count 8-connected components (:func:`instance_counts` per layer, micro-averaged
+by :func:`instance_metrics`); the model's evaluation and the weak labels' quality report use the
+same counting, so they are comparable. :class:`PRCurve` holds pixel counts at every threshold and
+sums over layers; the decision threshold is picked on it.
 
-- ``threshold``: the prototype's rule, kept as the baseline. A pixel is a defect when it is darker
-  than a fixed intensity in at least ``min_votes`` lighting angles; a 3×3 opening then closing and
-  a minimum blob area clean the result.
-- ``background``: each view is compared with its local background and the difference is scaled
-  by the local robust spread (median absolute deviation). Pixels far below (holes, spreading
-  lines, recoater streaks) *or* far above (incandescence, spatter) their surroundings are
-  defects. The background is two estimates that must both be exceeded: a median filter, and an
-  opening (bright) or closing (dark) by reconstruction with a disk, which keeps any structure
-  the disk fits into, such as a part with sharp corners. A true defect changes the bed under
-  every lighting angle while a shadow or a glint depends on the angle, so enough views must
-  agree (a single view must pass higher thresholds instead); the local spread rejects hatch
-  texture; a maximum blob area rejects large regions. Windows scale with the image size.
-
-Parameters were tuned on synthetic builds (see :class:`~pbf_core.config.BackgroundLabelConfig`);
-``benchmarks/label_quality.py`` measures both methods on a synthetic build and on real layers.
-
-Label quality (:func:`label_quality`, :func:`summarize_quality`) counts pixels and connected
-components (8-connectivity) per layer, then micro-averages over a data set.
+Empty denominators score what a perfect segmenter would get (an image without defects and
+without predictions scores 1.0), which keeps results NaN-free and JSON-serialisable.
 """
 
 from __future__ import annotations
@@ -32,111 +22,6 @@ import cv2
 import numpy as np
 
 from pbf_core.data.layers import DEFECT_TYPES
-
-#: Per-layer counts returned by :func:`label_quality` and summed by :func:`summarize_quality`.
-QUALITY_COUNTS: tuple[str, ...] = (
-    "tp",
-    "fp",
-    "fn",
-    "n_true",
-    "n_detected",
-    "n_pred",
-    "n_false_pred",
-)
-
-
-def _check_mask(mask: np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(mask, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(mask).__name__}")
-    if mask.ndim != 2:
-        raise ValueError(f"{name} must be an (H, W) mask, got shape {mask.shape}")
-    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
-        # A float map is usually a probability map: thresholding it is the caller's decision.
-        raise ValueError(f"{name} must be bool or integer (non-zero = defect), got {mask.dtype}")
-    return mask.astype(bool, copy=False)
-
-
-def label_quality(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
-    """Pixel and instance counts of one predicted mask against the true one.
-
-    Args:
-        pred: ``(H, W)`` bool or integer mask, non-zero = defect (weak label or prediction).
-        truth: ``(H, W)`` bool or integer true mask of the same shape.
-
-    Returns:
-        Counts (keys in :data:`QUALITY_COUNTS`): ``tp``, ``fp``, ``fn`` (pixels); ``n_true``
-        (true 8-connected components), ``n_detected`` (true components touched by ``pred``),
-        ``n_pred`` (predicted components), ``n_false_pred`` (predicted components touching no
-        truth).
-
-    Raises:
-        ValueError: not 2-D, float dtype, or shapes differ.
-    """
-    p = _check_mask(pred, "pred")
-    t = _check_mask(truth, "truth")
-    if p.shape != t.shape:
-        raise ValueError(f"pred shape {p.shape} != truth shape {t.shape}")
-    both = p & t
-    n_true, true_labels = cv2.connectedComponents(t.astype(np.uint8), connectivity=8)
-    n_pred, pred_labels = cv2.connectedComponents(p.astype(np.uint8), connectivity=8)
-    detected = np.unique(true_labels[both])
-    touching = np.unique(pred_labels[both])
-    return {
-        "tp": int(both.sum()),
-        "fp": int((p & ~t).sum()),
-        "fn": int((t & ~p).sum()),
-        "n_true": n_true - 1,
-        "n_detected": int(detected.size),
-        "n_pred": n_pred - 1,
-        "n_false_pred": n_pred - 1 - int(touching.size),
-    }
-
-
-def _ratio(num: int, den: int, empty: float) -> float:
-    return num / den if den else empty
-
-
-def summarize_quality(per_layer: Iterable[dict]) -> dict[str, float | int]:
-    """Micro-average per-layer counts from :func:`label_quality` over a data set.
-
-    Empty denominators take the value a perfect labeller would get, so defect-free layers
-    labelled empty score perfectly and results stay NaN-free (valid JSON):
-    ``precision`` = 1.0 when nothing was predicted, ``recall`` and ``instance_recall`` = 1.0
-    when there is no truth, ``iou`` and ``dice`` = 1.0 when both are empty,
-    ``false_positives_per_image`` = 0.0 over zero layers.
-
-    Args:
-        per_layer: dicts with at least the keys in :data:`QUALITY_COUNTS`.
-
-    Returns:
-        ``precision``, ``recall``, ``iou``, ``dice``, ``instance_recall`` (fractions),
-        ``false_positives_per_image`` (false predicted components per layer), ``layers``, and
-        the summed counts.
-
-    Raises:
-        ValueError: a layer dict lacks one of the counts.
-    """
-    totals = dict.fromkeys(QUALITY_COUNTS, 0)
-    layers = 0
-    for i, counts in enumerate(per_layer):
-        missing = [k for k in QUALITY_COUNTS if k not in counts]
-        if missing:
-            raise ValueError(f"layer {i}: quality counts lack {', '.join(missing)}")
-        for k in QUALITY_COUNTS:
-            totals[k] += int(counts[k])
-        layers += 1
-    tp, fp, fn = totals["tp"], totals["fp"], totals["fn"]
-    return {
-        "precision": _ratio(tp, tp + fp, 1.0),
-        "recall": _ratio(tp, tp + fn, 1.0),
-        "iou": _ratio(tp, tp + fp + fn, 1.0),
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
-        "instance_recall": _ratio(totals["n_detected"], totals["n_true"], 1.0),
-        "false_positives_per_image": _ratio(totals["n_false_pred"], layers, 0.0),
-        "layers": layers,
-        **totals,
-    }
-
 
 Reduction = Literal["micro", "per_image"]
 
@@ -226,20 +111,109 @@ def pixel_metrics(stats: PixelStats, reduction: Reduction = "micro") -> dict[str
     }
 
 
+#: Per-layer counts returned by :func:`instance_counts` and summed by :func:`instance_metrics`.
+QUALITY_COUNTS: tuple[str, ...] = (
+    "tp",
+    "fp",
+    "fn",
+    "n_true",
+    "n_detected",
+    "n_pred",
+    "n_false_pred",
+)
+
+
+def _check_mask(mask: np.ndarray, name: str) -> np.ndarray:
+    if not isinstance(mask, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(mask).__name__}")
+    if mask.ndim != 2:
+        raise ValueError(f"{name} must be an (H, W) mask, got shape {mask.shape}")
+    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.integer):
+        # A float map is usually a probability map: thresholding it is the caller's decision.
+        raise ValueError(f"{name} must be bool or integer (non-zero = defect), got {mask.dtype}")
+    return mask.astype(bool, copy=False)
+
+
 def instance_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
-    """Pixel and component counts of one image (see :func:`pbf_core.labels.label_quality`)."""
-    return label_quality(pred, truth)
+    """Pixel and instance counts of one predicted mask against the true one.
 
-
-def instance_metrics(per_image: Iterable[dict]) -> dict[str, float | int]:
-    """Micro-averaged pixel and instance scores from per-image :func:`instance_counts`.
+    Args:
+        pred: ``(H, W)`` bool or integer mask, non-zero = defect (weak label or prediction).
+        truth: ``(H, W)`` bool or integer true mask of the same shape.
 
     Returns:
-        ``instance_recall`` (true components touched by a prediction / true components),
-        ``false_positives_per_image`` (predicted components touching no truth, per image), the
-        micro pixel scores and the summed counts.
+        Counts (keys in :data:`QUALITY_COUNTS`): ``tp``, ``fp``, ``fn`` (pixels); ``n_true``
+        (true 8-connected components), ``n_detected`` (true components touched by ``pred``),
+        ``n_pred`` (predicted components), ``n_false_pred`` (predicted components touching no
+        truth).
+
+    Raises:
+        ValueError: not 2-D, float dtype, or shapes differ.
     """
-    return summarize_quality(per_image)
+    p = _check_mask(pred, "pred")
+    t = _check_mask(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"pred shape {p.shape} != truth shape {t.shape}")
+    both = p & t
+    n_true, true_labels = cv2.connectedComponents(t.astype(np.uint8), connectivity=8)
+    n_pred, pred_labels = cv2.connectedComponents(p.astype(np.uint8), connectivity=8)
+    detected = np.unique(true_labels[both])
+    touching = np.unique(pred_labels[both])
+    return {
+        "tp": int(both.sum()),
+        "fp": int((p & ~t).sum()),
+        "fn": int((t & ~p).sum()),
+        "n_true": n_true - 1,
+        "n_detected": int(detected.size),
+        "n_pred": n_pred - 1,
+        "n_false_pred": n_pred - 1 - int(touching.size),
+    }
+
+
+def _ratio(num: int, den: int, empty: float) -> float:
+    return num / den if den else empty
+
+
+def instance_metrics(per_layer: Iterable[dict]) -> dict[str, float | int]:
+    """Micro-average per-layer counts from :func:`instance_counts` over a data set.
+
+    Empty denominators take the value a perfect labeller would get, so defect-free layers
+    labelled empty score perfectly and results stay NaN-free (valid JSON):
+    ``precision`` = 1.0 when nothing was predicted, ``recall`` and ``instance_recall`` = 1.0
+    when there is no truth, ``iou`` and ``dice`` = 1.0 when both are empty,
+    ``false_positives_per_image`` = 0.0 over zero layers.
+
+    Args:
+        per_layer: dicts with at least the keys in :data:`QUALITY_COUNTS`.
+
+    Returns:
+        ``precision``, ``recall``, ``iou``, ``dice``, ``instance_recall`` (fractions),
+        ``false_positives_per_image`` (false predicted components per layer), ``layers``, and
+        the summed counts.
+
+    Raises:
+        ValueError: a layer dict lacks one of the counts.
+    """
+    totals = dict.fromkeys(QUALITY_COUNTS, 0)
+    layers = 0
+    for i, counts in enumerate(per_layer):
+        missing = [k for k in QUALITY_COUNTS if k not in counts]
+        if missing:
+            raise ValueError(f"layer {i}: quality counts lack {', '.join(missing)}")
+        for k in QUALITY_COUNTS:
+            totals[k] += int(counts[k])
+        layers += 1
+    tp, fp, fn = totals["tp"], totals["fp"], totals["fn"]
+    return {
+        "precision": _ratio(tp, tp + fp, 1.0),
+        "recall": _ratio(tp, tp + fn, 1.0),
+        "iou": _ratio(tp, tp + fp + fn, 1.0),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+        "instance_recall": _ratio(totals["n_detected"], totals["n_true"], 1.0),
+        "false_positives_per_image": _ratio(totals["n_false_pred"], layers, 0.0),
+        "layers": layers,
+        **totals,
+    }
 
 
 def type_recall_counts(pred: np.ndarray, truth: np.ndarray, types: np.ndarray) -> dict[str, list]:
@@ -410,8 +384,8 @@ def instance_curve(
         raise ValueError(f"{len(probs)} probability maps for {len(truths)} masks")
     rows = []
     for th in thresholds:
-        summary = summarize_quality(
-            label_quality(p >= th, t) for p, t in zip(probs, truths, strict=True)
+        summary = instance_metrics(
+            instance_counts(p >= th, t) for p, t in zip(probs, truths, strict=True)
         )
         rows.append(
             {
@@ -421,3 +395,14 @@ def instance_curve(
             }
         )
     return rows
+
+
+def validation_curve(probs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> PRCurve:
+    """Summed pixel PR curve of several layers (used to pick a decision threshold)."""
+    if not probs:
+        raise ValueError("no layers to build a PR curve from")
+    curves = [precision_recall_curve(p, t) for p, t in zip(probs, targets, strict=True)]
+    total = curves[0]
+    for c in curves[1:]:
+        total = total + c
+    return total

@@ -1,17 +1,23 @@
 """The promotion gate: does a candidate model replace the registry's champion?
 
-A pure decision over numbers: the caller scores the candidate and the current champion on the
-same frozen evaluation layers (same digest) and reports whether the candidate's int8 variant
-passed its parity gate. The registry side (aliases, rollback) lives in the orchestration layer.
+A pure decision over numbers: the candidate and the current champion are scored on the same
+frozen evaluation layers (same digest), and the candidate's int8 variant must have passed its
+parity gate (:func:`decide_promotion`). The registry side (aliases, rollback) lives in the
+tracking code of the orchestration layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from pbf_core.config import PromotionConfig
 from pbf_core.errors import PbfError
+
+if TYPE_CHECKING:
+    from pbf_core.deploy.parity import Parity
+    from pbf_core.evaluation.scores import Evaluation
 
 #: Metrics where a smaller value is better; every other metric is maximised.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"false_positives_per_image"})
@@ -140,3 +146,37 @@ def decide(
     if gain > cfg.margin:
         return Decision(True, f"beats the champion: {comparison}", key, cand, champ)
     return Decision(False, f"does not beat the champion: {comparison}", key, cand, champ)
+
+
+def decide_promotion(
+    candidate: Evaluation,
+    champion: Evaluation | None,
+    eval_digest: str,
+    parity: Parity,
+    cfg: PromotionConfig,
+    champion_name: str = "champion",
+) -> Decision:
+    """The gate on two evaluations of the same layers (the pipeline's promotion step).
+
+    Both were scored by :func:`pbf_core.evaluation.scores.evaluate_model` on the layers whose
+    digest is ``eval_digest``, so the champion is judged on the candidate's evaluation set
+    whatever set it was first scored on.
+
+    Args:
+        candidate: the new model's evaluation.
+        champion: the current champion's evaluation on the same layers, or None.
+        eval_digest: digest of those layers.
+        parity: the candidate's int8 parity gate.
+        cfg: metric, labels, margin, floor.
+        champion_name: how the champion is called in the reason (``champion v3``).
+    """
+    champ = None
+    if champion is not None:
+        champ = Scores(champion.gate_metrics(), eval_digest, champion_name)
+    return decide(
+        Scores(candidate.gate_metrics(), eval_digest, "candidate"),
+        champ,
+        cfg,
+        parity_passed=parity.passed,
+        parity_reason=parity.reason,
+    )

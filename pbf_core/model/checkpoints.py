@@ -1,11 +1,8 @@
-"""Segmentation networks, the metadata that travels with their weights, and safe checkpoints.
+"""Checkpoints: one safetensors file with the weights and, in its metadata, the model's spec.
 
-A checkpoint is one safetensors file: the state dict's tensors plus, in the file's string
-metadata under ``pbf_spec``, the :class:`ModelSpec` JSON (architecture, input views,
-normalisation, tile size, decision threshold, training-data digest, metrics). Loading it never
-unpickles anything, so a checkpoint from an untrusted source cannot run code.
-
-``torch`` and ``segmentation_models_pytorch`` are imported inside the functions that need them.
+The :class:`~pbf_core.model.spec.ModelSpec` JSON sits under ``pbf_spec`` in the file's string
+metadata. Loading never unpickles anything, so a checkpoint from an untrusted source cannot run
+code.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""Segmentation networks, the metadata that travels with their weights, and safe checkpoints.
+"""Build a segmentation network by name (segmentation-models-pytorch architectures and encoders,
+with our heads), from scratch, from a local weights file, or from a spec.
 
-A checkpoint is one safetensors file: the state dict's tensors plus, in the file's string
-metadata under ``pbf_spec``, the :class:`ModelSpec` JSON (architecture, input views,
-normalisation, tile size, decision threshold, training-data digest, metrics). Loading it never
-unpickles anything, so a checkpoint from an untrusted source cannot run code.
-
-``torch`` and ``segmentation_models_pytorch`` are imported inside the functions that need them.
+An unknown architecture or encoder is an error that lists the valid names. ``torch`` and
+``segmentation_models_pytorch`` are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -70,9 +67,9 @@ def create_model(
         head_width: channels of a head that sees the decoder output *and the input pixels*;
             0 keeps smp's plain head.
         head: ``shuffle`` (U-Net only): the decoder stops at half resolution and the head
-            works on pixel-unshuffled input there (:class:`pbf_core.networks.ShuffleHead`, the
+            works on pixel-unshuffled input there (:class:`pbf_core.model.networks.ShuffleHead`, the
             last ``decoder_channels`` entry is unused); ``full``: the head runs at full
-            resolution after the whole decoder (:class:`pbf_core.networks.FullResolutionHead`).
+            resolution after the whole decoder (:class:`pbf_core.model.networks.FullResolutionHead`).
 
     Raises:
         ValueError: unknown architecture or encoder (the valid names are listed).
@@ -98,16 +95,21 @@ def create_model(
     )
     if encoder_weights is not None and not download:
         _load_initial_weights(model, Path(encoder_weights))
+    return _with_head(model, arch, head, head_width, in_channels, classes)
+
+
+def _with_head(
+    model: torch.nn.Module, arch: str, head: str, width: int, in_channels: int, classes: int
+) -> torch.nn.Module:
+    """Our head around an smp model (``width`` 0: smp's own head)."""
+    from pbf_core.model.networks import FullResolutionHead, ShuffleHead
+
     if head not in ("full", "shuffle"):
         raise ValueError(f"unknown head {head!r}; valid: full, shuffle")
-    if head_width and head == "shuffle" and arch.lower() == "unet":
-        from pbf_core.model.networks import ShuffleHead
-
-        model = ShuffleHead(model, in_channels, classes, head_width)
-    elif head_width:
-        from pbf_core.model.networks import FullResolutionHead
-
-        model = FullResolutionHead(model, in_channels, classes, head_width)
+    if width and head == "shuffle" and arch.lower() == "unet":
+        return ShuffleHead(model, in_channels, classes, width)
+    if width:
+        return FullResolutionHead(model, in_channels, classes, width)
     return model
 
 

@@ -1,10 +1,6 @@
-"""Train a segmentation network on defect-biased patches, validated on whole held-out layers.
-
-:func:`fit` is the loop (device, mixed precision, schedule, early stopping, best weights, time
-budget, per-epoch callback); :func:`train` is the whole job behind ``pbf train``: split a
-prepared dataset by layer, fit, pick the decision threshold on the validation layers' PR curve,
-score the test layers against true masks and weak labels, and write a safetensors checkpoint
-whose :class:`~pbf_core.models.ModelSpec` carries everything inference needs.
+"""The training loop: :func:`train_step` on patches, :func:`eval_step` on whole validation layers,
+and :func:`fit` around them (device, mixed precision, schedule, early stopping, best weights,
+time budget, per-epoch callback).
 
 Progress is reported through ``on_epoch_end(metrics: dict)``, never by importing a tracker.
 """
@@ -23,14 +19,13 @@ import numpy as np
 from pbf_core.config import TrainConfig
 from pbf_core.deploy.inference import torch_predictor
 from pbf_core.deploy.tiling import predict_tiled
-from pbf_core.evaluation.metrics import threshold_for_dice
-from pbf_core.evaluation.scores import validation_curve
+from pbf_core.evaluation.metrics import threshold_for_dice, validation_curve
 from pbf_core.model.devices import autocast, resolve_device, resolve_precision, torch_threads
+from pbf_core.model.losses import dice_bce_loss
+from pbf_core.model.schedule import lr_factor
 
 if TYPE_CHECKING:
     import torch
-from pbf_core.model.losses import dice_bce_loss
-from pbf_core.model.schedule import lr_factor
 
 EpochCallback = Callable[[dict[str, float]], None]
 
@@ -64,6 +59,14 @@ class History:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-epoch rows."""
+        return {k: v for k, v in self.to_dict().items() if k != "epochs"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy's global generator and torch (all devices).
@@ -77,17 +80,84 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _dtype_name(dtype: torch.dtype | None) -> str:
-    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+@dataclass
+class BudgetClock:
+    """The time budget's clock: elapsed time on ``cfg.budget_clock`` minus callback time.
+
+    ``last_eval_s`` (how long the last validation took) is kept free at the end of an epoch, so
+    the validation of a cut-short epoch still fits the budget.
+    """
+
+    budget_s: float
+    tick: Callable[[], float]
+    start: float
+    callback_s: float = 0.0
+    last_eval_s: float = 0.0
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> BudgetClock:
+        tick = time.process_time if cfg.budget_clock == "process" else time.perf_counter
+        budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+        return cls(budget, tick, tick())
+
+    def elapsed(self) -> float:
+        return self.tick() - self.start - self.callback_s
+
+    def fraction(self) -> float:
+        return self.elapsed() / self.budget_s
+
+    def no_time_for_a_step(self) -> bool:
+        return self.elapsed() + self.last_eval_s >= self.budget_s
+
+    def spent(self) -> bool:
+        return self.elapsed() >= self.budget_s
 
 
-def _validate(
-    model: torch.nn.Module,
-    layers: Iterable[dict[str, np.ndarray]],
-    predict_args: tuple,
-    cfg: TrainConfig,
-) -> dict[str, float]:
-    predict = torch_predictor(model, *predict_args)
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one fit shares."""
+
+    model: Any
+    optimizer: Any
+    scaler: Any
+    device: Any
+    dtype: Any
+    cfg: TrainConfig
+
+
+def train_step(run: _Run, batch: dict[str, torch.Tensor], lr: float) -> float:
+    """One optimizer step on a batch of patches at learning rate ``lr``; returns the loss."""
+    import torch
+
+    cfg, model = run.cfg, run.model
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x = batch["image"].to(run.device, non_blocking=True)
+    y = batch["target"].to(run.device, non_blocking=True)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(run.device, run.dtype):
+        logits = model(x)
+    loss = dice_bce_loss(logits, y, cfg.pos_weight, cfg.dice_weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return float(loss.detach())
+
+
+def eval_step(run: _Run, layers: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Predict every validation layer whole (tiled, as inference does); score the best Dice.
+
+    Returns:
+        ``val_dice`` (best over thresholds), ``val_threshold``, ``val_precision``,
+        ``val_recall`` there, and ``val_ap``.
+
+    Raises:
+        ValueError: no validation layer.
+    """
+    cfg = run.cfg
+    predict = torch_predictor(run.model, run.device, run.dtype, cfg.channels_last)
     probs, targets = [], []
     for item in layers:
         probs.append(predict_tiled(predict, item["image"], cfg.tile_size, cfg.tile_overlap))
@@ -104,6 +174,40 @@ def _validate(
         "val_recall": float(curve.recall[i]),
         "val_ap": curve.average_precision(),
     }
+
+
+def _train_epoch(
+    run: _Run, loader: Iterable, epoch: int, clock: BudgetClock, progress: bool
+) -> tuple[list[float], float, bool]:
+    """Up to ``steps_per_epoch`` steps; returns the losses, the last rate, whether time ran out."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    run.model.train()
+    losses: list[float] = []
+    lr, total = cfg.lr, cfg.epochs * cfg.steps_per_epoch
+    bar = tqdm(
+        total=cfg.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress
+    )
+    batches = iter(loader)
+    while len(losses) < cfg.steps_per_epoch:
+        if clock.no_time_for_a_step():
+            bar.close()
+            return losses, lr, True
+        batch = next(batches, None)
+        if batch is None:
+            batches = iter(loader)
+            batch = next(batches)
+        done = epoch * cfg.steps_per_epoch + len(losses)
+        lr = cfg.lr * lr_factor(max(done / total, clock.fraction()), cfg.schedule)
+        losses.append(train_step(run, batch, lr))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    return losses, lr, False
 
 
 def fit(
@@ -126,10 +230,10 @@ def fit(
     Args:
         model: logits network ``(N, C, h, w) → (N, 1, h, w)``.
         train_loader: batches ``{"image": (N, C, p, p), "target": (N, 1, p, p)}`` float32
-            (e.g. a DataLoader over :class:`pbf_core.patches.PatchDataset`); re-iterated each
-            epoch, ``set_epoch`` called on its dataset when present.
+            (e.g. a DataLoader over :class:`pbf_core.model.patches.PatchDataset`); re-iterated
+            each epoch, ``set_epoch`` called on its dataset when present.
         val_loader: whole layers ``{"image": (C, H, W) float32, "target": (H, W) bool}`` (e.g.
-            :class:`pbf_core.patches.LayerDataset`).
+            :class:`pbf_core.model.patches.LayerDataset`).
         cfg: device, precision, optimisation and stopping settings.
         on_epoch_end: called with each epoch's metrics dict (plus ``is_best``).
         progress: draw a tqdm bar per epoch on stderr.
@@ -141,6 +245,20 @@ def fit(
         return _fit(model, train_loader, val_loader, cfg, on_epoch_end, progress)
 
 
+def _start(model: torch.nn.Module, cfg: TrainConfig) -> _Run:
+    import torch
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return _Run(model, opt, scaler, device, dtype, cfg)
+
+
 def _fit(
     model: torch.nn.Module,
     train_loader: Iterable[dict[str, torch.Tensor]],
@@ -150,83 +268,23 @@ def _fit(
     progress: bool,
 ) -> History:
     import torch
-    from tqdm.auto import tqdm
 
-    # the budget's clock: wall time, or this process's CPU time on a shared machine
-    clock = time.process_time if cfg.budget_clock == "process" else time.perf_counter
-    wall_start = time.perf_counter()
-    start = clock()
-    callback_s = 0.0  # time spent in on_epoch_end: the caller's, not training's
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
-    device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
-    seed_everything(cfg.seed)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * cfg.steps_per_epoch
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    history = History(device=str(device), precision=_dtype_name(dtype))
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    val_s = 0.0
-    dataset = getattr(train_loader, "dataset", None)
+    wall_start, clock = time.perf_counter(), BudgetClock.for_config(cfg)
+    run = _start(model, cfg)
+    dtype_name = "float32" if run.dtype is None else str(run.dtype).removeprefix("torch.")
+    history = History(device=str(run.device), precision=dtype_name)
+    best_state, stale = None, 0
     for epoch in range(cfg.epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        model.train()
-        losses: list[float] = []
-        out_of_time = False
-        bar = tqdm(
-            total=cfg.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress
-        )
-        batches = iter(train_loader)
-        while len(losses) < cfg.steps_per_epoch:
-            # leave time for this epoch's validation (as long as the last one took)
-            if clock() - start - callback_s + val_s >= budget_s:
-                out_of_time = True
-                break
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(train_loader)
-                batch = next(batches)
-            done = epoch * cfg.steps_per_epoch + len(losses)
-            progress_now = max(done / total, (clock() - start - callback_s) / budget_s)
-            lr = cfg.lr * lr_factor(progress_now, cfg.schedule)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["target"].to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, dtype):
-                logits = model(x)
-            loss = dice_bce_loss(logits, y, cfg.pos_weight, cfg.dice_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        bar.close()
+        losses, lr, out_of_time = _train_epoch(run, train_loader, epoch, clock, progress)
         if not losses:
             history.stopped = "time_budget"
             break
-        t_val = clock()
-        metrics = _validate(model, val_loader, (device, dtype, cfg.channels_last), cfg)
-        val_s = clock() - t_val
-        metrics = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "lr": lr,
-            "steps": len(losses),
-            **metrics,
-            "elapsed_s": clock() - start - callback_s,
-            "wall_s": time.perf_counter() - wall_start,
-        }
+        t_eval = clock.tick()
+        metrics = eval_step(run, val_loader)
+        clock.last_eval_s = clock.tick() - t_eval
+        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": lr,
+                   "steps": len(losses), **metrics, "elapsed_s": clock.elapsed(),
+                   "wall_s": time.perf_counter() - wall_start}  # fmt: skip
         is_best = metrics["val_dice"] > history.best_score
         if is_best:
             history.best_score, history.best_epoch, stale = metrics["val_dice"], epoch, 0
@@ -234,18 +292,8 @@ def _fit(
         else:
             stale += 1
         history.epochs.append(metrics)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f} val dice "
-                f"{metrics['val_dice']:.4f} (th {metrics['val_threshold']:.3f}) "
-                f"recall {metrics['val_recall']:.4f} {metrics['elapsed_s']:.0f}s"
-                + (" *" if is_best else "")
-            )
-        if on_epoch_end is not None:
-            t_cb = clock()
-            on_epoch_end({**metrics, "is_best": float(is_best)})
-            callback_s += clock() - t_cb
-        if out_of_time or clock() - start - callback_s >= budget_s:
+        _report(metrics, is_best, on_epoch_end, clock, progress)
+        if out_of_time or clock.spent():
             history.stopped = "time_budget"
             break
         if stale >= cfg.patience:
@@ -254,6 +302,28 @@ def _fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format).eval()
-    history.seconds = clock() - start - callback_s
-    history.wall_seconds = time.perf_counter() - wall_start
+    history.seconds, history.wall_seconds = clock.elapsed(), time.perf_counter() - wall_start
     return history
+
+
+def _report(
+    metrics: dict[str, float],
+    is_best: bool,
+    on_epoch_end: EpochCallback | None,
+    clock: BudgetClock,
+    progress: bool,
+) -> None:
+    """Print the epoch's line and call the callback (its time is not the budget's)."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(
+            f"epoch {metrics['epoch'] + 1}: loss {metrics['train_loss']:.4f} val dice "
+            f"{metrics['val_dice']:.4f} (th {metrics['val_threshold']:.3f}) "
+            f"recall {metrics['val_recall']:.4f} {metrics['elapsed_s']:.0f}s"
+            + (" *" if is_best else "")
+        )
+    if on_epoch_end is not None:
+        t_cb = clock.tick()
+        on_epoch_end({**metrics, "is_best": float(is_best)})
+        clock.callback_s += clock.tick() - t_cb

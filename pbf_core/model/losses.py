@@ -1,13 +1,4 @@
-"""Train a segmentation network on defect-biased patches, validated on whole held-out layers.
-
-:func:`fit` is the loop (device, mixed precision, schedule, early stopping, best weights, time
-budget, per-epoch callback); :func:`train` is the whole job behind ``pbf train``: split a
-prepared dataset by layer, fit, pick the decision threshold on the validation layers' PR curve,
-score the test layers against true masks and weak labels, and write a safetensors checkpoint
-whose :class:`~pbf_core.models.ModelSpec` carries everything inference needs.
-
-Progress is reported through ``on_epoch_end(metrics: dict)``, never by importing a tracker.
-"""
+"""The training loss: weighted BCE plus a batch-level soft Dice."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
-"""Training data: layer splits, defect-biased random patches at native resolution, augmentation.
+"""Training data: defect-biased random patches at native resolution, augmentation, and whole
+validation layers.
 
-Defects are tiny (real layers: median 0.03 % of the pixels), so uniform crops would show the
-network almost only background and resizing a layer would erase them. Instead each training
-item is a ``patch_size`` crop of a full-resolution layer; with probability
+Defects are tiny (real layers: a fraction of a percent of the pixels), so uniform crops would
+show the network almost only background and resizing a layer would erase them. Instead each
+training item is a ``patch_size`` crop of a full-resolution layer; with probability
 ``positive_fraction`` the crop is placed on a labelled defect, the defect drawn uniformly among
 all connected components of the training targets (not among pixels, which would favour large
 defects) — or, with ``balance_types``, first a defect type uniformly among those present, then a
-component of that type (real builds can be dominated by one kind: dozens of incandescence spots
-beside a few holes) — elsewhere at a uniformly random position.
+component of that type — elsewhere at a uniformly random position.
 
 ``torch`` and ``albumentations`` are imported inside the functions that need them.
 """

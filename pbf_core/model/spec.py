@@ -1,22 +1,16 @@
-"""Segmentation networks, the metadata that travels with their weights, and safe checkpoints.
+"""The model spec: everything needed to use a trained network besides its weights.
 
-A checkpoint is one safetensors file: the state dict's tensors plus, in the file's string
-metadata under ``pbf_spec``, the :class:`ModelSpec` JSON (architecture, input views,
-normalisation, tile size, decision threshold, training-data digest, metrics). Loading it never
-unpickles anything, so a checkpoint from an untrusted source cannot run code.
-
-``torch`` and ``segmentation_models_pytorch`` are imported inside the functions that need them.
+It travels with the weights (in the checkpoint and in every ONNX file), so a prediction never
+depends on a constant kept elsewhere.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if TYPE_CHECKING:
-    pass
 SPEC_VERSION = 1
 #: Spatial stride of the encoders: network inputs must be multiples of it.
 OUTPUT_STRIDE = 32

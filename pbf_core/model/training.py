@@ -1,18 +1,16 @@
-"""Train a segmentation network on defect-biased patches, validated on whole held-out layers.
+"""The train step: a prepared, split dataset → a checkpoint whose spec carries everything
+inference needs.
 
-:func:`fit` is the loop (device, mixed precision, schedule, early stopping, best weights, time
-budget, per-epoch callback); :func:`train` is the whole job behind ``pbf train``: split a
-prepared dataset by layer, fit, pick the decision threshold on the validation layers' PR curve,
-score the test layers against true masks and weak labels, and write a safetensors checkpoint
-whose :class:`~pbf_core.models.ModelSpec` carries everything inference needs.
-
-Progress is reported through ``on_epoch_end(metrics: dict)``, never by importing a tracker.
+:func:`train_model` (``pbf train`` and the flow's train task) builds the patch loader and the
+network (:func:`setup_training`), fits it (:func:`pbf_core.model.loop.fit`), picks the decision
+threshold on the validation layers' PR curve and scores the evaluation layers against true masks
+and weak labels (:func:`finish_training`), and writes a safetensors checkpoint beside its
+``split.json``, ``metrics.json`` and ``history.json``.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,131 +18,132 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pbf_core.config import PrepareConfig, TrainConfig
-from pbf_core.data.dataset import (
-    Manifest,
-    Sample,
-    data_digest,
-    load_manifest,
-    load_samples,
-    target_of,
-)
-from pbf_core.data.split import split_layers, stratum_of
+from pbf_core.config import ModelConfig, PrepareConfig, TrainConfig
+from pbf_core.data.dataset import PreparedDataset, Sample, data_digest, target_of
+from pbf_core.data.split import SPLIT_NAMES, Split
 from pbf_core.deploy.inference import Segmenter
 from pbf_core.errors import DatasetError
-from pbf_core.evaluation.metrics import threshold_for_dice, threshold_for_recall
-from pbf_core.evaluation.scores import evaluate, predict_samples, validation_curve
+from pbf_core.evaluation.metrics import threshold_for_dice, threshold_for_recall, validation_curve
+from pbf_core.evaluation.scores import Evaluation, evaluate, predict_samples
 from pbf_core.files import write_json
-from pbf_core.model.checkpoints import save_checkpoint
-from pbf_core.model.devices import resolve_device, torch_threads
+from pbf_core.model.checkpoints import read_spec, save_checkpoint
+from pbf_core.model.devices import torch_threads
 from pbf_core.model.factory import create_model
+from pbf_core.model.loop import EpochCallback, History, fit, seed_everything
 from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation
 from pbf_core.model.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
-from pbf_core.model.loop import EpochCallback, History, fit, seed_everything
-from pbf_core.model.losses import dice_bce_loss
 
-__all__ = [
-    "History",
-    "TrainingSetup",
-    "dice_bce_loss",
-    "fit",
-    "resolve_device",
-    "seed_everything",
-    "setup_training",
-    "train",
-]
+CHECKPOINT = "model.safetensors"
 
 
-def _prepare_settings(root: Path) -> PrepareConfig:
-    """The normalisation the dataset was prepared with (``report.json``), defaults otherwise."""
-    report = root / "report.json"
-    if report.is_file():
-        cfg = json.loads(report.read_text()).get("config")
-        if cfg:
-            return PrepareConfig.model_validate(cfg)
-    return PrepareConfig()
+@dataclass(frozen=True)
+class TrainedModel:
+    """A checkpoint and what training learned about it.
 
-
-@dataclass
-class TrainResult:
-    """Outputs of :func:`train`: checkpoint path, spec, fit history, test metrics, split."""
+    Attributes:
+        checkpoint: ``model.safetensors`` (weights + :class:`ModelSpec`).
+        spec: the model's spec, decision threshold included.
+        split: the split it was trained, tuned and evaluated on.
+        history: what the fit did (epochs, stop reason, device, seconds).
+        evaluation: scores on the split's evaluation layers at ``spec.threshold``.
+    """
 
     checkpoint: Path
     spec: ModelSpec
+    split: Split
     history: History
-    metrics: dict
-    split: dict[str, list[str]]
+    evaluation: Evaluation
 
+    @classmethod
+    def load(cls, checkpoint: str | Path) -> TrainedModel:
+        """Read a checkpoint written by :func:`train_model` and the files beside it.
 
-def pick_threshold(
-    probs: Sequence[np.ndarray], targets: Sequence[np.ndarray], cfg: TrainConfig
-) -> float:
-    """Decision threshold from the validation layers' pixel PR curve (``cfg.threshold_policy``)."""
-    curve = validation_curve(probs, targets)
-    if cfg.threshold_policy == "target_recall":
-        return threshold_for_recall(curve, cfg.target_recall)
-    return threshold_for_dice(curve)
+        Raises:
+            CheckpointError: not a pbf checkpoint.
+            DatasetError: no ``split.json`` or ``metrics.json`` beside it.
+        """
+        checkpoint = Path(checkpoint)
+        spec, folder = read_spec(checkpoint), checkpoint.parent
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+            history = json.loads((folder / "history.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise DatasetError(folder, f"not a `pbf train` output folder ({exc})") from None
+        return cls(
+            checkpoint,
+            spec,
+            Split.load(folder / "split.json"),
+            History.from_dict(history),
+            Evaluation.from_dict(metrics),
+        )
 
 
 @dataclass
 class TrainingSetup:
-    """Everything :func:`fit` needs for a prepared dataset, built by :func:`setup_training`.
+    """Everything :func:`fit` needs, built by :func:`setup_training`.
 
     Attributes:
-        root: dataset directory.
-        manifest: its manifest.
-        split: layer ids per split.
-        samples: loaded layers per split.
+        dataset: the prepared dataset with its split.
+        samples: loaded layers per split part.
         train_loader: DataLoader of defect-biased patches of the train layers.
         val: whole validation layers with their targets.
-        model: freshly initialised network.
+        model: freshly initialised network (seeded by ``cfg.seed``).
     """
 
-    root: Path
-    manifest: Manifest
-    split: dict[str, list[str]]
+    dataset: PreparedDataset
     samples: dict[str, list[Sample]]
     train_loader: Any
     val: LayerDataset
     model: torch.nn.Module
 
 
-def setup_training(data: str | Path, cfg: TrainConfig) -> TrainingSetup:
-    """Split a prepared dataset by layer, load it, and build the loaders and the model.
+def build_model(cfg: ModelConfig, in_channels: int) -> torch.nn.Module:
+    """A freshly initialised network of the configured architecture."""
+    return create_model(
+        cfg.arch,
+        cfg.encoder,
+        in_channels,
+        1,
+        cfg.encoder_weights,
+        cfg.decoder_channels,
+        cfg.head_width,
+        cfg.head,
+    )
+
+
+def _training_split(dataset: PreparedDataset, cfg: TrainConfig) -> Split:
+    split = dataset.require_split()
+    if split.labels != cfg.labels:
+        raise DatasetError(
+            dataset.path,
+            f"the split was drawn for labels={split.labels}, training asks labels={cfg.labels}",
+        )
+    return split
+
+
+def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
+    """Load the split's layers and build the patch loader, the validation set and the model.
 
     Raises:
-        DatasetError: not a prepared dataset, or ``labels=truth`` without true masks.
+        DatasetError: the dataset has no split, or one drawn for other labels.
     """
     from torch.utils.data import DataLoader
 
-    root = Path(data)
-    manifest = load_manifest(root)
-    entries = list(manifest.layers)
-    if cfg.labels == "truth":
-        entries = [e for e in entries if e.truth]
-        if not entries:
-            raise DatasetError(root, "labels=truth but no layer has a true mask; use labels=weak")
-    loaded = {s.id: s for s in load_samples(root, entries)}
-    strata = None
-    if cfg.stratify:
-        counts = Counter(
-            int(c) for s in loaded.values() if s.types is not None for c in np.unique(s.types)
-        )
-        strata = {i: stratum_of(s, counts) for i, s in loaded.items()}
-    split = split_layers(list(loaded), cfg.split, cfg.seed, strata)
-    samples = {name: [loaded[i] for i in ids] for name, ids in split.items()}
+    split = _training_split(dataset, cfg)
+    samples = {part: dataset.samples(split.part(part)) for part in SPLIT_NAMES}
+    train = samples["train"]
     patches = PatchDataset(
-        [s.image for s in samples["train"]],
-        [target_of(s, cfg.labels) for s in samples["train"]],
+        [s.image for s in train],
+        [target_of(s, cfg.labels) for s in train],
         cfg.patch_size,
         cfg.steps_per_epoch * cfg.batch_size,
         cfg.positive_fraction,
         build_augmentation(cfg.augment, cfg.seed),
         cfg.seed,
-        types=[s.types for s in samples["train"]],
+        types=[s.types for s in train],
         balance_types=cfg.balance_types,
     )
     loader = DataLoader(
@@ -158,100 +157,87 @@ def setup_training(data: str | Path, cfg: TrainConfig) -> TrainingSetup:
     val = LayerDataset(
         [s.image for s in samples["val"]], [target_of(s, cfg.labels) for s in samples["val"]]
     )
-    m = cfg.model
-    model = create_model(
-        m.arch,
-        m.encoder,
-        manifest.channels,
-        1,
-        m.encoder_weights,
-        m.decoder_channels,
-        m.head_width,
-        m.head,
-    )
-    return TrainingSetup(root, manifest, split, samples, loader, val, model)
+    seed_everything(cfg.seed)  # the same initial weights in every process
+    return TrainingSetup(dataset, samples, loader, val, build_model(cfg.model, dataset.channels))
 
 
-def train(
-    data: str | Path,
-    out: str | Path,
-    cfg: TrainConfig | None = None,
-    on_epoch_end: EpochCallback | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train on a prepared dataset and write ``out/model.safetensors`` plus JSON reports.
-
-    Writes ``model.safetensors`` (weights + :class:`ModelSpec`), ``metrics.json`` (test-layer
-    scores against truth and weak labels at the chosen threshold), ``history.json`` and
-    ``split.json`` (layer ids per split).
-
-    Args:
-        data: prepared dataset directory (``pbf prepare`` output).
-        out: output directory (created).
-        cfg: training settings (defaults if None).
-        on_epoch_end: per-epoch metrics callback (e.g. MLflow logging).
-        progress: draw progress bars.
-
-    Raises:
-        DatasetError: not a prepared dataset, or ``labels=truth`` without true masks.
-        DeviceError: the requested device is absent.
-    """
-    cfg = cfg or TrainConfig()
-    out = Path(out)
-    setup = setup_training(data, cfg)
-    model = setup.model
-    history = fit(model, setup.train_loader, setup.val, cfg, on_epoch_end, progress)
-    with torch_threads(cfg.threads):
-        result = finish_training(setup, history, cfg)
-    checkpoint = save_checkpoint(out / "model.safetensors", model.cpu(), result["spec"])
-    write_json(out / "metrics.json", result["metrics"])
-    write_json(out / "history.json", history.to_dict())
-    write_json(out / "split.json", setup.split)
-    return TrainResult(checkpoint, result["spec"], history, result["metrics"], setup.split)
+def pick_threshold(
+    probs: Sequence[np.ndarray], targets: Sequence[np.ndarray], cfg: TrainConfig
+) -> float:
+    """Decision threshold from the validation layers' pixel PR curve (``cfg.threshold_policy``)."""
+    curve = validation_curve(probs, targets)
+    if cfg.threshold_policy == "target_recall":
+        return threshold_for_recall(curve, cfg.target_recall)
+    return threshold_for_dice(curve)
 
 
-def finish_training(setup: TrainingSetup, history: History, cfg: TrainConfig) -> dict:
-    """Pick the threshold on the validation layers, score the test layers, build the spec.
-
-    Returns:
-        ``{"spec": ModelSpec, "metrics": evaluate(...) dict}``.
-    """
-    root, manifest, samples, m = setup.root, setup.manifest, setup.samples, cfg.model
-    prep = _prepare_settings(root)
-    by_id = {e.id: e for e in manifest.layers}
-    spec = ModelSpec(
+def _spec(dataset: PreparedDataset, cfg: TrainConfig) -> ModelSpec:
+    """The spec of a model trained on ``dataset`` (threshold and metrics come later)."""
+    prep = PrepareConfig.model_validate(dataset.report.get("config") or {})
+    m, split = cfg.model, dataset.require_split()
+    return ModelSpec(
         arch=m.arch,
         encoder=m.encoder,
-        in_channels=manifest.channels,
+        in_channels=dataset.channels,
         decoder_channels=m.decoder_channels,
         head=m.head,
         head_width=m.head_width,
-        views=manifest.views,
+        views=dataset.views,
         normalization=prep.normalization,
         percentiles=prep.percentiles,
         tile_size=cfg.tile_size,
         tile_overlap=cfg.tile_overlap,
         labels=cfg.labels,
-        train_data_digest=data_digest(root, [by_id[i] for i in setup.split["train"]]),
+        train_data_digest=data_digest(dataset.path, dataset.entries(split.train)),
     )
+
+
+def finish_training(
+    setup: TrainingSetup, history: History, cfg: TrainConfig
+) -> tuple[ModelSpec, Evaluation]:
+    """Pick the threshold on the validation layers, score the evaluation layers, build the spec."""
+    spec = _spec(setup.dataset, cfg)
     # fp32 here: the threshold is picked for, and scored with, what export and serving run.
     segmenter = Segmenter.from_model(setup.model, spec, device=history.device, precision="fp32")
-    val_probs = predict_samples(segmenter, samples["val"])
+    val_probs = predict_samples(segmenter, setup.samples["val"])
     threshold = pick_threshold(val_probs, list(setup.val.targets), cfg)
-    test = samples["test"] or samples["val"]
-    metrics = evaluate(segmenter, test, threshold)
-    metrics["evaluated_on"] = "test" if samples["test"] else "val"
-    headline = metrics["truth"] or metrics["weak"]
-    spec = spec.model_copy(
-        update={
-            "threshold": threshold,
-            "metrics": {
-                "dice": headline["pixel"]["dice"],
-                "recall": headline["pixel"]["recall"],
-                "precision": headline["pixel"]["precision"],
-                "instance_recall": headline["instance"]["instance_recall"],
-                "false_positives_per_image": headline["instance"]["false_positives_per_image"],
-            },
-        }
-    )
-    return {"spec": spec, "metrics": metrics}
+    evaluation = evaluate(segmenter, setup.samples["test"] or setup.samples["val"], threshold)
+    spec = spec.model_copy(update={"threshold": threshold, "metrics": evaluation.primary.headline})
+    return spec, evaluation
+
+
+def train_model(
+    dataset: PreparedDataset,
+    cfg: TrainConfig,
+    out: str | Path,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train on a split dataset (the pipeline's train step) and write the model into ``out``.
+
+    Writes ``model.safetensors`` (weights + :class:`ModelSpec`), ``metrics.json`` (evaluation
+    layers' scores against truth and weak labels at the chosen threshold), ``history.json`` and
+    ``split.json``.
+
+    Args:
+        dataset: prepared dataset carrying its split (:func:`pbf_core.data.split.split_dataset`).
+        cfg: training settings; ``cfg.labels`` must be what the split was drawn for.
+        out: output directory (created).
+        on_epoch_end: per-epoch metrics callback (e.g. MLflow logging).
+        progress: draw progress bars.
+
+    Raises:
+        DatasetError: no split, or a split drawn for other labels.
+        DeviceError: the requested device is absent.
+    """
+    out = Path(out)
+    setup = setup_training(dataset, cfg)
+    history = fit(setup.model, setup.train_loader, setup.val, cfg, on_epoch_end, progress)
+    with torch_threads(cfg.threads):
+        spec, evaluation = finish_training(setup, history, cfg)
+    split = dataset.require_split()
+    checkpoint = save_checkpoint(out / CHECKPOINT, setup.model.cpu(), spec)
+    write_json(out / "metrics.json", {**evaluation.to_dict(), "evaluated_on": split.evaluated_on})
+    write_json(out / "history.json", history.to_dict())
+    split.save(out / "split.json")
+    return TrainedModel(checkpoint, spec, split, history, evaluation)

@@ -1,12 +1,5 @@
-"""Segmentation networks, the metadata that travels with their weights, and safe checkpoints.
-
-A checkpoint is one safetensors file: the state dict's tensors plus, in the file's string
-metadata under ``pbf_spec``, the :class:`ModelSpec` JSON (architecture, input views,
-normalisation, tile size, decision threshold, training-data digest, metrics). Loading it never
-unpickles anything, so a checkpoint from an untrusted source cannot run code.
-
-``torch`` and ``segmentation_models_pytorch`` are imported inside the functions that need them.
-"""
+"""Read tensors from a weights file without running code: safetensors, or a ``torch.save``d
+state dict loaded with ``weights_only=True``."""
 
 from __future__ import annotations
 

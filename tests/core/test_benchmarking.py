@@ -200,13 +200,13 @@ def test_markdown_marks_failed_parity():
 def test_benchmark_runs_torch_and_onnx_variants(tmp_path, prepared_synthetic):
     import torch
 
-    from pbf_core.deploy.export import export_checkpoint
+    from pbf_core.deploy.export import export_model
     from pbf_core.model.checkpoints import save_checkpoint
     from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "m.safetensors", create_model(decoder_channels=SMALL), SPEC)
-    export_checkpoint(ckpt, tmp_path / "m.onnx")
+    export_model(ckpt, tmp_path / "m.onnx")
     variants = [
         Variant("torch-fp32", "torch", ckpt),
         Variant("torch-dynamic-int8", "torch", ckpt, dynamic_int8=True),
@@ -228,19 +228,28 @@ def test_benchmark_runs_torch_and_onnx_variants(tmp_path, prepared_synthetic):
 def test_benchmark_model_quantizes_when_needed_and_writes_the_report(tmp_path, prepared_synthetic):
     import torch
 
-    from pbf_core.bench.runner import benchmark_model
+    from pbf_core.bench.runner import benchmark_model, onnx_files
+    from pbf_core.config import TrainConfig
+    from pbf_core.data.dataset import open_dataset
+    from pbf_core.data.split import split_dataset
     from pbf_core.model.checkpoints import save_checkpoint
     from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "m.safetensors", create_model(decoder_channels=SMALL), SPEC)
+    dataset = split_dataset(open_dataset(prepared_synthetic), TrainConfig())
+    dataset.split.save(tmp_path / "split.json")  # as `pbf train` leaves it beside the model
+    onnx_dir = tmp_path / "out" / "onnx"
     with pytest.raises(BenchmarkError, match="pass the training data"):
-        benchmark_model(ckpt, tmp_path / "out")
+        onnx_files(ckpt, onnx_dir)
     cfg = BenchmarkConfig(
         sizes=(64,), iterations=2, warmup=0, throughput_batch=2, throughput_iterations=1
     )
     qcfg = QuantizeConfig(calibration_samples=2)
-    report = benchmark_model(ckpt, tmp_path / "out", prepared_synthetic, cfg=cfg, quantize_cfg=qcfg)
+    fp32, int8 = onnx_files(ckpt, onnx_dir, open_dataset(prepared_synthetic), qcfg)
+    report = benchmark_model(
+        ckpt, fp32, int8, tmp_path / "out", cfg, dataset=dataset, quantize_cfg=qcfg
+    )
     assert [v.name for v in report.variants] == [
         "torch-fp32",
         "torch-dynamic-int8",
@@ -249,8 +258,10 @@ def test_benchmark_model_quantizes_when_needed_and_writes_the_report(tmp_path, p
     ]
     assert (tmp_path / "out" / "onnx" / "model.int8.onnx").is_file()
     assert (tmp_path / "out" / "inference.md").is_file()
-    int8 = report.result("onnx-int8")
-    assert int8.parity is not None and int8.size_mb < report.result("onnx-fp32").size_mb
-    # the ONNX files now match the checkpoint: a second run without data reuses them
-    again = benchmark_model(ckpt, tmp_path / "out", cfg=cfg)
+    measured = report.result("onnx-int8")
+    assert measured.parity is not None and measured.size_mb < report.result("onnx-fp32").size_mb
+    # the ONNX files now match the checkpoint: a second call without data reuses them
+    assert onnx_files(ckpt, onnx_dir) == (fp32, int8)
+    again = benchmark_model(ckpt, fp32, int8, tmp_path / "out", cfg, baseline=False)
     assert again.result("onnx-int8").parity is None
+    assert [v.name for v in again.variants] == ["torch-fp32", "onnx-fp32", "onnx-int8"]

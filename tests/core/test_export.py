@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pbf_core.deploy.export import INPUT_NAME, OUTPUT_NAME, export_checkpoint, export_onnx
+from pbf_core.deploy.export import INPUT_NAME, OUTPUT_NAME, export_model, export_onnx
 from pbf_core.deploy.metadata import read_metadata, set_metadata, spec_metadata
 from pbf_core.deploy.runtimes import open_session
 from pbf_core.errors import ExportError
@@ -159,7 +159,7 @@ def test_export_rejects_old_opsets(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_checkpoint_carries_the_spec(tmp_path):
+def test_export_model_carries_the_spec(tmp_path):
     import torch
 
     from pbf_core.deploy.inference import Segmenter
@@ -171,8 +171,9 @@ def test_export_checkpoint_carries_the_spec(tmp_path):
     ckpt = save_checkpoint(
         tmp_path / "model.safetensors", create_model(decoder_channels=SMALL), spec
     )
-    check = export_checkpoint(ckpt, tmp_path / "model.onnx")
-    assert check.within_tolerance
+    exported = export_model(ckpt, tmp_path / "model.onnx")
+    assert exported.check.within_tolerance and exported.spec == spec
+    assert exported.path == tmp_path / "model.onnx" and exported.checkpoint == ckpt
     meta = read_metadata(tmp_path / "model.onnx")
     assert meta["variant"] == "onnx-fp32" and meta["threshold"] == 0.3
     seg = Segmenter.from_onnx(tmp_path / "model.onnx")

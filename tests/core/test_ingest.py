@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-
 from pbf_core.data import archives
 from pbf_core.data.archives import DownloadError, download_kaggle
 from pbf_core.data.imaging import write_raw_png

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from pbf_core.config import BackgroundLabelConfig, LabelConfig, ThresholdLabelConfig
 from pbf_core.data.labels import METHODS, background_labels, synthesize_labels, threshold_labels
-from pbf_core.evaluation.metrics import QUALITY_COUNTS, label_quality, summarize_quality
+from pbf_core.evaluation.metrics import QUALITY_COUNTS, instance_counts, instance_metrics
 
 SIZE = 64
 BOTH = ["threshold", "background"]
@@ -196,7 +196,7 @@ def _masks() -> tuple[np.ndarray, np.ndarray]:
 
 def test_label_quality_counts_hand_made_masks() -> None:
     pred, truth = _masks()
-    assert label_quality(pred, truth) == {
+    assert instance_counts(pred, truth) == {
         "tp": 1,
         "fp": 3,
         "fn": 4,
@@ -212,16 +212,16 @@ def test_label_quality_uses_8_connectivity_and_accepts_0_255() -> None:
     truth[0, 0] = truth[1, 1] = 255  # diagonal neighbours: one instance
     pred = np.zeros((4, 4), np.uint8)
     pred[3, 3] = 1
-    q = label_quality(pred, truth)
+    q = instance_counts(pred, truth)
     assert (q["n_true"], q["n_detected"], q["n_pred"], q["n_false_pred"]) == (1, 0, 1, 1)
 
 
 def test_label_quality_perfect_and_empty() -> None:
     _, truth = _masks()
-    perfect = label_quality(truth, truth)
+    perfect = instance_counts(truth, truth)
     assert perfect["fp"] == perfect["fn"] == 0 and perfect["n_detected"] == perfect["n_true"] == 2
     empty = np.zeros((8, 8), bool)
-    assert label_quality(empty, empty) == dict.fromkeys(QUALITY_COUNTS, 0)
+    assert instance_counts(empty, empty) == dict.fromkeys(QUALITY_COUNTS, 0)
 
 
 @pytest.mark.parametrize(
@@ -236,12 +236,12 @@ def test_label_quality_perfect_and_empty() -> None:
 )
 def test_label_quality_bad_inputs(pred: np.ndarray, truth: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        label_quality(pred, truth)
+        instance_counts(pred, truth)
 
 
 def test_summarize_quality_micro_averages() -> None:
     pred, truth = _masks()
-    s = summarize_quality([label_quality(pred, truth), label_quality(truth, truth)])
+    s = instance_metrics([instance_counts(pred, truth), instance_counts(truth, truth)])
     tp, fp, fn = 1 + 5, 3, 4
     assert s["layers"] == 2
     assert s["precision"] == pytest.approx(tp / (tp + fp))
@@ -267,7 +267,7 @@ _T = _masks()[1]
     ids=["no-layers", "nothing-anywhere", "pred-only", "truth-only"],
 )
 def test_summarize_quality_zero_denominators(layers: list, expected: dict) -> None:
-    s = summarize_quality(label_quality(p, t) for p, t in layers)
+    s = instance_metrics(instance_counts(p, t) for p, t in layers)
     for key, value in expected.items():
         assert s[key] == value, key
     json.dumps(s, allow_nan=False)  # NaN-free
@@ -277,4 +277,4 @@ def test_summarize_quality_names_missing_counts() -> None:
     with pytest.raises(
         ValueError, match="layer 1: quality counts lack n_true, n_detected, n_pred, n_false_pred"
     ):
-        summarize_quality([dict.fromkeys(QUALITY_COUNTS, 0), {"tp": 1, "fp": 0, "fn": 0}])
+        instance_metrics([dict.fromkeys(QUALITY_COUNTS, 0), {"tp": 1, "fp": 0, "fn": 0}])

@@ -1,4 +1,4 @@
-"""Layer splits, defect-biased patches and augmentation."""
+"""Defect-biased patches, augmentation and validation layers."""
 
 from __future__ import annotations
 
@@ -7,38 +7,7 @@ import pytest
 
 from pbf_core.config import AugmentConfig
 from pbf_core.data.dataset import Sample, target_of
-from pbf_core.data.split import split_layers, stratum_of
 from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation
-
-IDS = [f"L{i:03d}" for i in range(20)]
-
-
-def test_split_is_disjoint_complete_and_deterministic():
-    s = split_layers(IDS, (0.7, 0.15, 0.15), seed=3)
-    assert sorted(s["train"] + s["val"] + s["test"]) == IDS
-    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (14, 3, 3)
-    assert split_layers(list(reversed(IDS)), (0.7, 0.15, 0.15), seed=3) == s
-    assert split_layers(IDS, (0.7, 0.15, 0.15), seed=4) != s
-
-
-def test_split_small_sets_keep_every_nonempty_split():
-    s = split_layers(["a", "b", "c"], (0.8, 0.1, 0.1))
-    assert [len(s[k]) for k in ("train", "val", "test")] == [1, 1, 1]
-    assert split_layers(["a", "b"], (0.5, 0.5, 0.0))["test"] == []
-
-
-@pytest.mark.parametrize(
-    ("ids", "fractions", "match"),
-    [
-        (IDS, (0.5, 0.5), "3 non-negative"),
-        (IDS, (0.5, 0.6, -0.1), "3 non-negative"),
-        (["a", "a", "b"], (0.7, 0.15, 0.15), "unique"),
-        (["a", "b"], (0.7, 0.15, 0.15), "cannot fill"),
-    ],
-)
-def test_split_bad_input(ids, fractions, match):
-    with pytest.raises(ValueError, match=match):
-        split_layers(ids, fractions)
 
 
 def layers(n: int = 3, size: int = 96, channels: int = 3):
@@ -102,31 +71,6 @@ def test_augmentation_keeps_shapes_range_and_binary_masks(channels):
         assert item["image"].shape == (channels, 64, 64)
         assert float(item["image"].min()) >= 0 and float(item["image"].max()) <= 1
         assert set(np.unique(item["target"].numpy())) <= {0.0, 1.0}
-
-
-def test_stratified_split_spreads_a_rare_group_over_every_split():
-    strata = {i: ("rare" if k < 6 else "common") for k, i in enumerate(IDS)}
-    for seed in range(10):
-        split = split_layers(IDS, (0.6, 0.2, 0.2), seed=seed, strata=strata)
-        assert sorted(i for ids in split.values() for i in ids) == IDS
-        assert [len(v) for v in split.values()] == [12, 4, 4]  # overall counts kept
-        rare = {name: sum(strata[i] == "rare" for i in ids) for name, ids in split.items()}
-        assert rare["train"] >= 2 and rare["val"] >= 1 and rare["test"] >= 1, rare
-    assert split_layers(IDS, seed=3, strata=strata) == split_layers(IDS, seed=3, strata=strata)
-
-
-def test_stratum_is_the_rarest_defect_type_of_a_layer():
-    def sample(codes):
-        types = np.zeros((4, 4), np.uint8)
-        types.flat[: len(codes)] = codes
-        return Sample("x", np.zeros((1, 4, 4), np.float32), types > 0, types > 0, types)
-
-    rarity = {1: 80, 2: 5, 3: 40}
-    assert stratum_of(sample([1, 3]), rarity) == "3"
-    assert stratum_of(sample([1, 2, 3]), rarity) == "2"
-    assert stratum_of(sample([]), rarity) == "none"
-    no_types = Sample("x", np.zeros((1, 4, 4), np.float32), np.zeros((4, 4), bool), None, None)
-    assert stratum_of(no_types, rarity) == "none"
 
 
 def test_balanced_types_place_rare_defects_as_often_as_common_ones():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pbf_core.config import PrepareConfig
-from pbf_core.data.dataset import load_manifest, load_sample
+from pbf_core.data.dataset import load_manifest, load_sample, open_dataset
 from pbf_core.data.prepare import prepare_dataset
 from pbf_core.errors import DatasetError
 
@@ -77,12 +77,15 @@ def test_rerun_replaces_previous_dataset(synthetic_build, tmp_path):
     prepare_dataset(synthetic_build, out, cfg)
     (out / "stale.png").write_bytes(b"x")
     calls = []
-    report = prepare_dataset(
+    dataset = prepare_dataset(
         synthetic_build,
         out,
         cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"method": "threshold"})}),
         progress=lambda done, total: calls.append((done, total)),
     )
+    report = dataset.report
+    assert dataset.path == out and dataset.layers == len(load_manifest(out).layers)
+    assert dataset == open_dataset(out, name=dataset.name)  # same digest, views, layer count
     assert report["label_method"] == "threshold"
     assert load_manifest(out).label_method == "threshold"
     assert not (out / "stale.png").exists()
@@ -90,7 +93,7 @@ def test_rerun_replaces_previous_dataset(synthetic_build, tmp_path):
 
 
 def test_am04_real_data_has_truth_and_quality(am04, tmp_path):
-    report = prepare_dataset(am04, tmp_path / "am04")
+    report = prepare_dataset(am04, tmp_path / "am04").report
     assert report["format"] == "am04"
     assert report["counts"]["kept"] == 54 and report["counts"]["with_truth"] == 54
     assert report["label_quality"]["background"]["layers"] == 54

@@ -15,7 +15,6 @@ from pbf_core.deploy.export import INPUT_NAME, OUTPUT_NAME
 from pbf_core.deploy.metadata import read_metadata, set_metadata
 from pbf_core.deploy.parity import check_parity, match_threshold
 from pbf_core.deploy.quantization import (
-    load_split,
     quantize_dynamic_torch,
     quantize_static,
     sample_calibration_tiles,
@@ -327,7 +326,7 @@ def test_match_threshold_with_empty_reference_picks_a_threshold_keeping_masks_em
     assert threshold > 0.3 and agreement == 1.0
 
 
-# --- dynamic baseline, split ----------------------------------------------------------------------
+# --- dynamic baseline ----------------------------------------------------------------------
 
 
 def test_dynamic_baseline_quantizes_linear_layers_only():
@@ -346,47 +345,43 @@ def test_dynamic_baseline_quantizes_linear_layers_only():
         torch.testing.assert_close(quantized(x), model(x), atol=0.05, rtol=0.05)
 
 
-def test_load_split_prefers_split_json(prepared_synthetic, tmp_path):
-    from pbf_core.data.dataset import load_manifest
-    from pbf_core.model.checkpoints import save_checkpoint
-    from pbf_core.model.factory import create_model
-
-    ids = [e.id for e in load_manifest(prepared_synthetic).layers]
-    ckpt = save_checkpoint(
-        tmp_path / "model.safetensors", create_model(decoder_channels=SPEC.decoder_channels), SPEC
-    )
-    recomputed = load_split(ckpt, prepared_synthetic)
-    assert sorted(i for ids_ in recomputed.values() for i in ids_) == sorted(ids)
-    saved = {"train": ids[:-2], "val": ids[-2:-1], "test": ids[-1:]}
-    (tmp_path / "split.json").write_text(json.dumps(saved))
-    assert load_split(ckpt, prepared_synthetic) == saved
-    (tmp_path / "split.json").write_text(json.dumps({"train": ["nope"], "val": [], "test": []}))
-    with pytest.raises(QuantizationError, match="not in"):
-        load_split(ckpt, prepared_synthetic)
-
-
 # --- end to end ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def tiny_checkpoint(tmp_path_factory, prepared_synthetic):
+    """An untrained checkpoint with the split.json `pbf train` would write beside it."""
     import torch
 
+    from pbf_core.config import TrainConfig
+    from pbf_core.data.dataset import open_dataset
+    from pbf_core.data.split import split_dataset
     from pbf_core.model.checkpoints import save_checkpoint
     from pbf_core.model.factory import create_model
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    split_dataset(open_dataset(prepared_synthetic), TrainConfig()).split.save(
+        path.parent / "split.json"
+    )
     return save_checkpoint(path, create_model(decoder_channels=SPEC.decoder_channels), SPEC)
 
 
 @pytest.mark.slow
 def test_quantize_model_writes_gated_variants(tiny_checkpoint, prepared_synthetic, tmp_path):
+    from pbf_core.data.dataset import open_dataset
+    from pbf_core.data.split import Split
+    from pbf_core.deploy.export import export_model
     from pbf_core.deploy.quantization import quantize_model
 
     cfg = QuantizeConfig(calibration_samples=4, dice_tolerance=1.0, recall_tolerance=1.0)
-    result = quantize_model(tiny_checkpoint, prepared_synthetic, tmp_path / "q", cfg)
+    split = Split.load(tiny_checkpoint.parent / "split.json")
+    dataset = open_dataset(prepared_synthetic).with_split(split)
+    exported = export_model(tiny_checkpoint, tmp_path / "q" / "model.fp32.onnx")
+    result = quantize_model(exported, dataset, cfg, tmp_path / "q")
     report = json.loads(result.report.read_text())
+    assert result.calibration_labels == report["calibration_labels"] == SPEC.labels
+    assert result.thresholds["onnx-fp32"] == SPEC.threshold
     assert read_metadata(result.int8)["threshold"] == report["thresholds"]["onnx-int8"]
     assert read_metadata(result.int8)["reference_threshold"] == SPEC.threshold
     assert report["threshold_matched_on"] == "val"
@@ -406,7 +401,7 @@ def test_quantize_model_writes_gated_variants(tiny_checkpoint, prepared_syntheti
 def test_quantize_cli_exits_1_when_the_gate_fails(tiny_checkpoint, prepared_synthetic, tmp_path):
     from typer.testing import CliRunner
 
-    from pbf_core.cli import app
+    from flows.cli import app
 
     preset = tmp_path / "strict.yaml"
     preset.write_text("calibration_samples: 2\ndice_tolerance: 0.0\nrecall_tolerance: 0.0\n")

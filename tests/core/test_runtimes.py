@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pbf_core.deploy.runtimes as runtimes
 import pytest
 from test_export import tiny_unet
 
+import pbf_core.deploy.runtimes as runtimes
 from pbf_core.config import QuantizeConfig
 from pbf_core.deploy.export import export_onnx
 from pbf_core.deploy.inference import onnx_predictor

@@ -1,4 +1,4 @@
-"""Devices, loss, the fit loop and the train job on a tiny synthetic build."""
+"""Devices, loss, the fit loop and the train step on a tiny synthetic build."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pbf_core.config import TrainConfig
+from pbf_core.data.dataset import open_dataset
+from pbf_core.data.split import split_dataset
 from pbf_core.deploy.inference import Segmenter
 from pbf_core.model.checkpoints import load_checkpoint
 from pbf_core.model.devices import DeviceError, resolve_device, resolve_precision
@@ -17,7 +19,7 @@ from pbf_core.model.factory import create_model
 from pbf_core.model.loop import fit
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import LayerDataset, PatchDataset
-from pbf_core.model.training import train
+from pbf_core.model.training import TrainedModel, train_model
 
 SMALL = (16, 16, 8, 8, 8)
 TINY = dict(
@@ -154,10 +156,11 @@ def test_train_config_rejects_bad_values(bad):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("labels", ["weak", "truth"])
-def test_train_job_writes_a_usable_checkpoint(prepared_synthetic, tmp_path, labels):
+def test_train_step_writes_a_usable_checkpoint(prepared_synthetic, tmp_path, labels):
     cfg = TrainConfig(**TINY, labels=labels)
-    result = train(prepared_synthetic, tmp_path, cfg, progress=False)
-    assert result.checkpoint.is_file()
+    dataset = split_dataset(open_dataset(prepared_synthetic), cfg)
+    result = train_model(dataset, cfg, tmp_path, progress=False)
+    assert result.checkpoint.is_file() and result.split == dataset.split
     _, spec = load_checkpoint(result.checkpoint)
     assert spec.labels == labels and spec.views == ("a", "b", "c") and 0 < spec.threshold < 1
     assert spec.train_data_digest and len(spec.train_data_digest) == 64
@@ -166,16 +169,31 @@ def test_train_job_writes_a_usable_checkpoint(prepared_synthetic, tmp_path, labe
     assert metrics["truth"]["pixel"]["dice"] == pytest.approx(spec.metrics["dice"])
     split = json.loads((tmp_path / "split.json").read_text())
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+    assert split["labels"] == labels and split["eval_digest"] == dataset.split.eval_digest
     assert json.loads((tmp_path / "history.json").read_text())["epochs"]
+    loaded = TrainedModel.load(result.checkpoint)
+    assert loaded.split == result.split and loaded.spec == result.spec
+    assert loaded.evaluation.to_dict() == result.evaluation.to_dict()
     seg = Segmenter.from_checkpoint(result.checkpoint)
     assert seg.predict_proba(np.zeros((3, 96, 96), np.float32)).shape == (96, 96)
 
 
-def test_train_job_refuses_non_dataset(tmp_path):
+def test_train_step_refuses_non_dataset(tmp_path):
     from pbf_core.errors import DatasetError
 
     with pytest.raises(DatasetError, match="manifest"):
-        train(tmp_path, tmp_path / "out", TrainConfig(**TINY), progress=False)
+        open_dataset(tmp_path)
+
+
+def test_train_step_needs_a_split_for_its_labels(prepared_synthetic, tmp_path):
+    from pbf_core.errors import DatasetError
+
+    dataset = open_dataset(prepared_synthetic)
+    with pytest.raises(DatasetError, match="no split yet"):
+        train_model(dataset, TrainConfig(**TINY), tmp_path, progress=False)
+    weak = split_dataset(dataset, TrainConfig(**TINY, labels="weak"))
+    with pytest.raises(DatasetError, match="labels=weak, training asks labels=truth"):
+        train_model(weak, TrainConfig(**TINY, labels="truth"), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])

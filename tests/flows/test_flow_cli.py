@@ -2,35 +2,47 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import _load, app, print_summary
+from flows.cli import app
+from flows.cli.pipeline import load_pipeline_config, print_summary
+from pbf_core.data.dataset import PreparedDataset
+from pbf_core.data.split import Split
+from pbf_core.deploy.parity import Parity
+from pbf_core.evaluation.promotion import Decision
+from pbf_core.evaluation.scores import Evaluation, LabelScores
+from pbf_core.summary import RegisteredVersions, RunSummary, TrackingRun, summary_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 
-SUMMARY = {
-    "registry": "pbf-defect-segmenter",
-    "versions": {"int8": "4", "fp32": "3"},
-    "decision": {"alias": "challenger", "reason": "does not beat the champion: ..."},
-    "champion_version": "2",
-    "eval_layers": 6,
-    "scores": {
-        "truth": {
-            "dice": 0.91,
-            "recall": 0.95,
-            "precision": 0.88,
-            "instance_recall": 0.97,
-            "false_positives_per_image": 0.5,
-        }
-    },
-    "speedup": {"320": 4.2, "512": 4.5},
-    "parity": {"passed": True, "dice": 0.996},
-    "seconds": 412.0,
-    "run_url": "http://127.0.0.1:5000/#/experiments/1/runs/abc",
-}
+
+def _scores(dice: float) -> LabelScores:
+    pixel = {"dice": dice, "iou": 0.8, "precision": 0.88, "recall": 0.95}
+    instance = {"instance_recall": 0.97, "false_positives_per_image": 0.5}
+    return LabelScores(6, 0.4, pixel, pixel, instance, 0.9, 0.92, 0.4, 0.3)
+
+
+SPLIT = Split(("a", "b"), ("c",), tuple(f"t{i}" for i in range(6)), "truth", 0, True, "e" * 64)
+SUMMARY = RunSummary(
+    dataset=PreparedDataset("synthetic", Path("/d"), "d" * 64, ("a", "b", "c"), 40, split=SPLIT),
+    run=TrackingRun("abc", "1", "http://127.0.0.1:5000/#/experiments/1/runs/abc"),
+    registry="pbf-defect-segmenter",
+    versions=RegisteredVersions(int8="4", fp32="3"),
+    decision=Decision(False, "does not beat the champion: ...", "truth/dice", 0.91, 0.93),
+    champion_version="2",
+    bento_model=None,
+    evaluation=Evaluation(0.4, 6, _scores(0.91), _scores(0.85)),
+    training={"seconds": 300.0, "device": "cpu", "precision": "bfloat16", "stopped": "time_budget"},
+    speedup={"320": 4.2, "512": 4.5},
+    parity=Parity("onnx-int8", "truth", 6, 0.996, 0.99, 0.997, 0.99, 0.99, 0.98, 0.01, 0.01, True),
+    seconds=412.0,
+)
 
 
 def test_commands_extend_the_core_cli():
@@ -41,7 +53,7 @@ def test_commands_extend_the_core_cli():
 
 
 def test_overrides_apply_on_top_of_the_preset(tmp_path):
-    cfg = _load(REPO / "configs" / "tiny.yaml", tmp_path, "cpu")
+    cfg = load_pipeline_config(REPO / "configs" / "tiny.yaml", tmp_path, "cpu")
     assert cfg.data.raw == tmp_path and cfg.train.device == "cpu"
     assert cfg.train.epochs == 1  # from the preset
 
@@ -64,7 +76,7 @@ def test_summary_names_champion_scores_speedup_and_next_commands(capsys, monkeyp
     )
     out = capsys.readouterr().out
     assert "champion: v2" in out and "challenger" in out
-    assert "0.910" in out and "4.20x" in out and "passed" in out
+    assert "0.910" in out and "4.20x" in out and "gate passed" in out
     assert "mlflow ui --backend-store-uri sqlite:///x.db" in out
     assert "PREFECT_HOME=/s/prefect" in out and "prefect server start" in out
     assert "bentoml serve service:DefectService" in out and "BENTOML_HOME=/s/bentoml" in out
@@ -72,7 +84,37 @@ def test_summary_names_champion_scores_speedup_and_next_commands(capsys, monkeyp
 
 def test_summary_without_champion_and_with_servers(capsys, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect:4200/api")
-    print_summary({**SUMMARY, "champion_version": None}, "", Path("/s"))
+    print_summary(replace(SUMMARY, champion_version=None), "", Path("/s"))
     out = capsys.readouterr().out
     assert "none yet" in out
     assert "open http://prefect:4200" in out and "open http://127.0.0.1:5000" in out
+
+
+def test_summary_markdown_is_the_one_formatting():
+    text = summary_markdown(SUMMARY)
+    assert "**Promotion:** challenger — does not beat the champion" in text
+    assert "int8 v4, fp32 v3; champion: v2" in text
+    assert "(6 test layers)" in text and "300 s on cpu (bfloat16), stopped: time_budget" in text
+    assert "| true masks | 0.910 |" in text and "| weak labels | 0.850 |" in text
+    assert "Dice 0.9960 against the truth masks (fp32 0.9970, loss +0.0010" in text
+
+
+def test_serve_flow_refuses_without_a_prefect_server(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = CliRunner().invoke(
+        app, ["serve-flow", "--config", str(REPO / "configs" / "tiny.yaml")]
+    )
+    assert result.exit_code == 2
+    assert "PREFECT_API_URL" in result.output
+
+
+def test_every_command_is_in_pbf_help_and_the_modules_help():
+    from flows.cli import COMMANDS
+
+    main = CliRunner().invoke(app, ["--help"])
+    module = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    for name in COMMANDS:
+        assert name in main.output and name in module.stdout
+    assert "prototype" not in main.output.lower()

@@ -15,39 +15,48 @@ TINY = REPO / "configs" / "tiny.yaml"
 
 @pytest.fixture(scope="module")
 def tiny() -> PipelineConfig:
-    return load_config(TINY, PipelineConfig)
+    """The tiny preset, split stratified by defect type (what broke `pbf run` once)."""
+    cfg = load_config(TINY, PipelineConfig)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"stratify": True})})
 
 
 @pytest.fixture(scope="module")
-def summary(prefect_harness, state_dir, tiny) -> dict:
+def summary(prefect_harness, state_dir, tiny):
     from flows.training import train_pipeline
 
     return train_pipeline(tiny)
 
 
 def test_pipeline_registers_both_variants_and_promotes_the_first(summary):
-    from tasks import tracking
+    from tasks.tracking.store import client
 
-    assert summary["decision"]["alias"] == "champion"
-    assert summary["champion_version"] == summary["versions"]["int8"]
-    mc = tracking.client()
-    name = summary["registry"]
+    assert summary.decision.alias == "champion"
+    assert summary.champion_version == summary.versions.int8
+    mc = client()
+    name = summary.registry
     int8 = mc.get_model_version_by_alias(name, "champion")
     fp32 = mc.get_model_version_by_alias(name, "champion-fp32")
-    assert (str(int8.version), str(fp32.version)) == (
-        summary["versions"]["int8"],
-        summary["versions"]["fp32"],
-    )
+    assert (str(int8.version), str(fp32.version)) == (summary.versions.int8, summary.versions.fp32)
     assert int8.tags["variant"] == "int8" and fp32.tags["variant"] == "fp32"
-    assert int8.tags["data_digest"] == summary["dataset"]["digest"]
-    assert summary["bento_model"].startswith(f"{name}:")  # packaged for the service
+    assert int8.tags["data_digest"] == summary.dataset.digest
+    assert summary.bento_model.startswith(f"{name}:")  # packaged for the service
+
+
+def test_int8_file_carries_its_matched_threshold_and_the_gate(summary, state_dir):
+    from pbf_core.deploy.metadata import read_metadata
+
+    onnx = state_dir / "runs" / summary.run.run_id / "onnx"
+    int8 = read_metadata(onnx / "model.int8.onnx")
+    assert int8["reference_threshold"] == read_metadata(onnx / "model.fp32.onnx")["threshold"]
+    assert 0 < int8["threshold"] < 1  # QuantizeConfig.match_threshold is on by default
+    assert int8["parity"]["passed"] == summary.parity.passed
 
 
 def test_run_has_metrics_artifacts_and_decision(summary):
-    from tasks import tracking
+    from tasks.tracking.store import client
 
-    mc = tracking.client()
-    run = mc.get_run(summary["run_id"])
+    mc = client()
+    run = mc.get_run(summary.run.run_id)
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     for key in (
@@ -59,23 +68,25 @@ def test_run_has_metrics_artifacts_and_decision(summary):
         assert key in metrics, key
     assert any(k.startswith("system/") for k in metrics)
     assert any(k.startswith("bench/onnx-int8/speedup_") for k in metrics)
+    assert "parity/onnx-int8/agreement_dice" in metrics
     assert run.data.tags["pbf.promotion"] == "champion"
 
     def listing(path: str) -> set[str]:
-        return {Path(a.path).name for a in mc.list_artifacts(summary["run_id"], path)}
+        return {Path(a.path).name for a in mc.list_artifacts(summary.run.run_id, path)}
 
     assert {"pr_curve.png", "thresholds.md", "evaluation.json", "overlays"} <= listing("evaluation")
     assert {"inference.json", "inference.md"} <= listing("benchmark")
     assert "promotion.json" in listing("")
-    assert "label_quality.json" in listing("data")
+    assert {"label_quality.json", "split.json"} <= listing("data")
 
 
 def test_summary_scores_are_against_truth_and_weak_labels(summary, tiny):
-    assert set(summary["scores"]) == {"truth", "weak"}
-    for scores in summary["scores"].values():
+    assert summary.dataset.split.stratified and summary.dataset.split.labels == "weak"
+    assert set(summary.scores) == {"truth", "weak"}
+    for scores in summary.scores.values():
         assert 0 <= scores["dice"] <= 1 and 0 <= scores["recall"] <= 1
-    assert summary["speedup"] and summary["eval_layers"] >= 1
-    assert summary["training"]["device"] == "cpu"
+    assert summary.speedup and summary.dataset.split.eval_ids
+    assert summary.training["device"] == "cpu"
 
 
 def test_run_publishes_prefect_artifacts(summary):
@@ -88,11 +99,12 @@ def test_run_publishes_prefect_artifacts(summary):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys)))
         )
     assert {a.key for a in found} == set(keys)
-    text = next(a.data for a in found if a.key == "pbf-run-summary")
-    assert summary["run_url"] in text and "Promotion" in text
+    # other runs of this test session publish under the same keys: find this run's
+    texts = [a.data for a in found if a.key == "pbf-run-summary" and summary.run.url in a.data]
+    assert len(texts) == 1 and "Promotion" in texts[0]
 
 
-def test_prepare_steps_are_cached_on_unchanged_data(prefect_harness, state_dir, tiny):
+def test_prepare_steps_are_cached_on_unchanged_data(prefect_harness, state_dir, tiny, monkeypatch):
     """Re-running the data steps on the same raw bytes and config reuses every prepared layer."""
     from tasks import data
 
@@ -101,8 +113,8 @@ def test_prepare_steps_are_cached_on_unchanged_data(prefect_harness, state_dir, 
         build = data.synthesize(cfg.data.synth, str(state_dir / "cache-check"))
         found = data.discover_layers(build, str(state_dir / "staging"))
         out = state_dir / "cache-check-prepared"
-        futures = data.prepare_one.map(
-            found["source"].records, found["digests"], unmapped(str(out)), unmapped(cfg.prepare)
+        futures = data.prepare_layer.map(
+            found.source.records, list(found.digests), unmapped(str(out)), unmapped(cfg.prepare)
         )
         futures.wait()
         return [f.state.name for f in futures]
@@ -115,3 +127,6 @@ def test_prepare_steps_are_cached_on_unchanged_data(prefect_harness, state_dir, 
         update={"prepare": tiny.prepare.model_copy(update={"normalization": "minmax"})}
     )
     assert set(prepare_only(changed)) == {"Completed"}
+    # a change to the preparation code (here: its digest) prepares every layer again
+    monkeypatch.setattr("tasks.data.preparation_code", lambda: "changed labelling code")
+    assert set(prepare_only(tiny)) == {"Completed"}

@@ -1,8 +1,8 @@
-"""Server processes: a free local port, waiting until one answers, stopping it with its workers,
-and keeping freed memory in a long-running one.
+"""Server processes for tests and benchmarks: a free local port, waiting until one answers, and
+stopping it with its workers.
 
-Shared by the benchmarks and the tests that start real servers (``bentoml serve``, ``mlflow
-server``, ``prefect server``, uvicorn) and by the service; nothing here knows which server it runs.
+Shared by the tests that start real servers (``bentoml serve``, ``mlflow server``, ``prefect
+server``) and by ``benchmarks/serve.py``; nothing here knows which server it runs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MLflow tracking and registry tasks against a real local store (SQLite + artifact dir in tmp).
+"""MLflow tracking (store, runs, registry) against a real local store (SQLite + artifacts in tmp).
 
 The promotion test lives here: a worse candidate is registered but never becomes champion, and
 a registry failure midway leaves the aliases as they were.
@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from pbf_core.config import PipelineConfig, PromotionConfig, Settings
+from pbf_core.data.dataset import PreparedDataset
+from pbf_core.deploy.parity import Parity
+from pbf_core.deploy.quantization import QuantizedModel
 from pbf_core.evaluation.promotion import Scores, decide
+from pbf_core.evaluation.scores import Evaluation, LabelScores
+from tasks.tracking import registry, runs
+from tasks.tracking.store import client, resolve_store, ui_command
 
 NAME = "pbf-defect-segmenter"
 
@@ -46,36 +52,42 @@ def store(tmp_path_factory):
         mp.setenv("PBF_STATE_DIR", str(state))
         mp.delenv("PBF_TRACKING_URI", raising=False)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        from tasks import tracking
-
-        yield tracking.resolve_store()
+        yield resolve_store()
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
+def dataset(tmp_path_factory) -> PreparedDataset:
     root = tmp_path_factory.mktemp("dataset")
     (root / "manifest.json").write_text("{}")
-    return {
-        "name": "unit",
-        "path": str(root),
-        "digest": "d" * 64,
-        "report": {"label_quality": {"background": {"recall": 0.9}}},
-    }
+    report = {"label_quality": {"background": {"recall": 0.9}}}
+    return PreparedDataset("unit", root, "d" * 64, ("image",), 1, report=report)
 
 
-def register(store, dataset, tmp_path, gain: float) -> tuple[dict, dict]:
-    from tasks import tracking
+def scores(dice: float) -> LabelScores:
+    pixel = {"dice": dice, "iou": dice, "precision": dice, "recall": dice}
+    instance = {"instance_recall": 1.0, "false_positives_per_image": 0.5, "n_true": 3}
+    return LabelScores(1, 0.5, pixel, pixel, instance, dice, dice, 0.5, 0.5)
 
-    run = tracking.start_run.fn(PipelineConfig(), dataset)
-    models = {
-        "fp32": tiny_onnx(tmp_path / f"fp32-{gain}.onnx", gain),
-        "int8": tiny_onnx(tmp_path / f"int8-{gain}.onnx", gain),
-        "parity": {"passed": True},
-    }
-    versions = tracking.register_variants.fn(
-        run, models, dataset["digest"], {"truth/dice": gain}, 1
+
+def parity(variant: str) -> Parity:
+    return Parity(variant, "truth", 1, 0.9, 0.9, 0.9, 0.9, 1.0, 1.0, 0.01, 0.01, True)
+
+
+def register(store, dataset, tmp_path, gain: float):
+    run = runs.start_run(PipelineConfig(), dataset)
+    quantized = QuantizedModel(
+        fp32=Path(tiny_onnx(tmp_path / f"fp32-{gain}.onnx", gain)),
+        int8=Path(tiny_onnx(tmp_path / f"int8-{gain}.onnx", gain)),
+        checkpoint=tmp_path / "model.safetensors",
+        thresholds={"onnx-int8": 0.5},
+        threshold_matched_on=None,
+        calibration_labels="truth",
+        calibration_tiles=(1, 1, 32, 32),
+        parity={v: parity(v) for v in ("onnx-fp32", "onnx-int8")},
+        report=tmp_path / "quantize.json",
     )
-    return run, versions
+    evaluation = Evaluation(0.5, 1, scores(gain), scores(gain))
+    return run, registry.register_variants(run, quantized, dataset, evaluation)
 
 
 def aliases(mc) -> dict[str, str]:
@@ -87,52 +99,46 @@ def aliases(mc) -> dict[str, str]:
 
 
 def test_store_defaults_to_sqlite_under_state_dir(store, tmp_path, monkeypatch):
-    from tasks import tracking
-
     assert store.uri.startswith("sqlite:///") and store.uri.endswith("mlflow/mlflow.db")
     assert store.artifact_root.startswith("file://")
     # MLflow exports the URI it is given; the same SQLite store must still be recognised as local.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
-    assert tracking.resolve_store() == store
-    assert tracking.ui_command(store).startswith("mlflow ui --backend-store-uri sqlite:///")
+    assert resolve_store() == store
+    assert ui_command(store).startswith("mlflow ui --backend-store-uri sqlite:///")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
-    assert tracking.resolve_store().uri == "http://mlflow:5000"
-    assert tracking.resolve_store().artifact_root is None
+    assert resolve_store().uri == "http://mlflow:5000"
+    assert resolve_store().artifact_root is None
     monkeypatch.setenv("PBF_TRACKING_URI", "http://other:5000")
-    assert tracking.resolve_store().uri == "http://other:5000"
+    assert resolve_store().uri == "http://other:5000"
 
 
 def test_run_holds_config_dataset_and_epoch_metrics(store, dataset):
-    from tasks import tracking
-
-    run = tracking.start_run.fn(PipelineConfig(), dataset)
-    log = tracking.epoch_logger(run["run_id"])
+    run = runs.start_run(PipelineConfig(), dataset)
+    log = runs.epoch_logger(run.run_id)
     for epoch in range(3):
         log({"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_dice": 0.1 * epoch})
-    tracking.finish_run.fn(run["run_id"])
-    mc = tracking.client()
-    got = mc.get_run(run["run_id"])
+    runs.finish_run(run.run_id)
+    mc = client()
+    got = mc.get_run(run.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params["train.model.encoder"] == PipelineConfig().train.model.encoder
     assert got.data.params["data.synth.layers"] == str(PipelineConfig().data.synth.layers)
-    history = mc.get_metric_history(run["run_id"], "epoch/val_dice")
+    history = mc.get_metric_history(run.run_id, "epoch/val_dice")
     assert [m.step for m in history] == [0, 1, 2]
     (ds,) = got.inputs.dataset_inputs
-    assert ds.dataset.name == "unit" and dataset["digest"].startswith(ds.dataset.digest)
+    assert ds.dataset.name == "unit" and dataset.digest.startswith(ds.dataset.digest)
     assert mc.get_experiment(got.info.experiment_id).name == "pbf-unit"
-    arts = {a.path for a in mc.list_artifacts(run["run_id"], "data")}
+    arts = {a.path for a in mc.list_artifacts(run.run_id, "data")}
     assert arts == {"data/prepare_report.json", "data/label_quality.json"}
 
 
 def test_worse_candidate_does_not_become_champion(store, dataset, tmp_path):
-    from tasks import tracking
-
-    mc = tracking.client()
+    mc = client()
     run1, v1 = register(store, dataset, tmp_path, gain=0.9)
     first = decide(Scores({"truth/dice": 0.9}, "e"), None, PromotionConfig(), parity_passed=True)
-    tracking.apply_decision.fn(run1, v1, first)
-    assert aliases(mc)["champion"] == v1["int8"]
-    assert aliases(mc)["champion-fp32"] == v1["fp32"]
+    registry.apply_decision(run1, v1, first)
+    assert aliases(mc)["champion"] == v1.int8
+    assert aliases(mc)["champion-fp32"] == v1.fp32
 
     run2, v2 = register(store, dataset, tmp_path, gain=0.5)
     worse = decide(
@@ -142,23 +148,22 @@ def test_worse_candidate_does_not_become_champion(store, dataset, tmp_path):
         parity_passed=True,
     )
     assert not worse.promote
-    tracking.apply_decision.fn(run2, v2, worse)
+    registry.apply_decision(run2, v2, worse)
     now = aliases(mc)
-    assert now["champion"] == v1["int8"] and now["champion-fp32"] == v1["fp32"]
-    assert now["challenger"] == v2["int8"] and now["challenger-fp32"] == v2["fp32"]
-    tags = mc.get_model_version(NAME, v2["int8"]).tags
+    assert now["champion"] == v1.int8 and now["champion-fp32"] == v1.fp32
+    assert now["challenger"] == v2.int8 and now["challenger-fp32"] == v2.fp32
+    tags = mc.get_model_version(NAME, v2.int8).tags
     assert tags["variant"] == "int8" and tags["promotion"] == "challenger"
-    assert tags["data_digest"] == dataset["digest"] and tags["metric.truth/dice"] == "0.5000"
-    assert mc.get_run(run2["run_id"]).data.tags["pbf.promotion"] == "challenger"
-    assert tracking.champion_version.fn() == v1["int8"]
+    assert tags["data_digest"] == dataset.digest and tags["metric.truth/dice"] == "0.5000"
+    assert tags["parity"] == "passed"
+    assert mc.get_run(run2.run_id).data.tags["pbf.promotion"] == "challenger"
+    assert registry.champion_summary()["version"] == v1.int8
 
 
 def test_champion_alias_resolves_to_a_servable_onnx_model(store):
     import mlflow
 
-    from tasks import tracking
-
-    tracking.client()
+    client()
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(np.ones((2, 1, 32, 48), np.float32))
     assert np.allclose(out["logits"], 0.9)
@@ -168,9 +173,7 @@ def test_champion_alias_resolves_to_a_servable_onnx_model(store):
 def test_alias_failure_midway_restores_previous_aliases(store, dataset, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from tasks import tracking
-
-    mc = tracking.client()
+    mc = client()
     before = aliases(mc)
     run, versions = register(store, dataset, tmp_path, gain=0.99)
     real = MlflowClient.set_registered_model_alias
@@ -184,8 +187,8 @@ def test_alias_failure_midway_restores_previous_aliases(store, dataset, tmp_path
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
     better = decide(Scores({"truth/dice": 0.99}, "e"), None, PromotionConfig(), parity_passed=True)
-    with pytest.raises(tracking.TrackingError, match="restored"):
-        tracking.apply_decision.fn(run, versions, better)
+    with pytest.raises(registry.TrackingError, match="restored"):
+        registry.apply_decision(run, versions, better)
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
     assert aliases(mc) == before
 
@@ -193,9 +196,7 @@ def test_alias_failure_midway_restores_previous_aliases(store, dataset, tmp_path
 def test_registration_failure_leaves_no_half_registered_pair(store, dataset, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from tasks import tracking
-
-    mc = tracking.client()
+    mc = client()
     count = len(mc.search_model_versions(f"name='{NAME}'"))
     real = MlflowClient.create_model_version
     calls = []
@@ -207,7 +208,7 @@ def test_registration_failure_leaves_no_half_registered_pair(store, dataset, tmp
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, "create_model_version", flaky)
-    with pytest.raises(tracking.TrackingError, match="removed"):
+    with pytest.raises(registry.TrackingError, match="removed"):
         register(store, dataset, tmp_path, gain=0.7)
     assert len(mc.search_model_versions(f"name='{NAME}'")) == count
 
@@ -221,26 +222,7 @@ def test_registration_failure_leaves_no_half_registered_pair(store, dataset, tmp
     ],
 )
 def test_flatten(nested, flat):
-    from tasks.tracking import flatten
-
-    assert flatten(nested) == flat
-
-
-def test_evaluation_metrics_flattens_both_label_kinds():
-    from tasks.tracking import evaluation_metrics, gate_metrics
-
-    scores = {
-        "pixel": {"dice": 0.8, "recall": 0.9},
-        "instance": {"instance_recall": 1.0, "false_positives_per_image": 0.5, "instances": 3},
-        "average_precision": 0.7,
-        "best_dice": 0.85,
-    }
-    ev = {"threshold": 0.4, "truth": scores, "weak": scores}
-    flat = evaluation_metrics(ev)
-    assert flat["test/truth/dice"] == 0.8 and flat["test/weak/instances"] == 3.0
-    assert flat["test/threshold"] == 0.4
-    assert gate_metrics({**ev, "truth": None})["weak/dice"] == 0.8
-    assert "truth/dice" not in gate_metrics({**ev, "truth": None})
+    assert runs.flatten(nested) == flat
 
 
 def test_settings_registry_name_is_the_contract():
@@ -251,17 +233,20 @@ def test_unreachable_registry_is_not_mistaken_for_no_champion(store, monkeypatch
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tasks import tracking
-
     def down(self, name, alias):
         raise MlflowException("API request failed: connection refused")
 
     monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", down)
     with pytest.raises(MlflowException, match="connection refused"):
-        tracking.fetch_alias.fn("champion", "/tmp/unused")
+        registry.download_alias("champion", "/tmp/unused")
 
 
 def test_missing_alias_means_no_champion(store, tmp_path):
-    from tasks import tracking
+    assert registry.download_alias("no-such-alias", tmp_path) is None
 
-    assert tracking.fetch_alias.fn("no-such-alias", str(tmp_path)) is None
+
+def test_champion_alias_downloads_the_int8_file(store, tmp_path):
+    found = registry.download_alias("champion", tmp_path)
+    assert found is not None and found.path.suffix == ".onnx" and found.path.is_file()
+    assert found.version == registry.champion_summary()["version"]
+    assert found.tags["variant"] == "int8"

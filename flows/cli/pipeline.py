@@ -1,27 +1,34 @@
-"""The ``pbf`` command line: the core commands of :mod:`pbf_core.cli` plus the pipeline.
+"""``pbf run``, ``pbf serve-flow`` and ``pbf package``: the whole pipeline and its champion.
 
-``pbf run`` runs :func:`flows.training.train_pipeline` in this process and prints the summary;
-``pbf serve-flow`` serves it with a schedule (Prefect's ``flow.serve``). Prefect keeps its
-database under the state directory unless ``PREFECT_HOME`` or ``PREFECT_API_URL`` say otherwise.
+``pbf run`` runs :func:`flows.training.train_pipeline` in this process and prints its summary;
+``pbf serve-flow`` serves it on a schedule (Prefect's ``flow.serve``). Prefect keeps its database
+under the state directory unless ``PREFECT_HOME`` or ``PREFECT_API_URL`` say otherwise.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.markdown import Markdown
 
-from pbf_core.cli import app, friendly_errors, out_console
+from flows.cli.common import out_console, say
+from pbf_core.errors import PbfError
 
-__all__ = ["app"]
+if TYPE_CHECKING:
+    from pbf_core.config import PipelineConfig
+    from pbf_core.summary import RunSummary
 
 DEFAULT_CRON = "0 2 * * *"
 
 
-def _prefect_env() -> Path:
+class PrefectSetupError(PbfError):
+    """Prefect is not set up for what was asked (e.g. serving without a server)."""
+
+
+def prefect_env() -> Path:
     """Point Prefect at the state directory and keep it offline, unless the user chose otherwise."""
     from pbf_core.config import Settings
 
@@ -29,12 +36,17 @@ def _prefect_env() -> Path:
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The first start of a fresh local server migrates its database: slower than Prefect's 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     home = Path(os.environ["PREFECT_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     return home
 
 
-def _load(config: Path | None, raw: Path | None, device: str | None):
+def load_pipeline_config(
+    config: Path | None, raw: Path | None = None, device: str | None = None
+) -> PipelineConfig:
+    """The preset with the command line's overrides, validated."""
     from pbf_core.config import PipelineConfig, load_config
 
     cfg = load_config(config, PipelineConfig)
@@ -48,8 +60,6 @@ def _load(config: Path | None, raw: Path | None, device: str | None):
     return load_config(None, PipelineConfig, **data)
 
 
-@app.command()
-@friendly_errors
 def run(
     config: Annotated[
         Path | None, typer.Option(help="YAML PipelineConfig preset, e.g. configs/default.yaml.")
@@ -62,81 +72,52 @@ def run(
     ] = None,
 ) -> None:
     """Run the whole pipeline: data, training, ONNX fp32/int8, benchmark, registry, promotion."""
-    cfg = _load(config, raw, device)
-    home = _prefect_env()
+    cfg = load_pipeline_config(config, raw, device)
+    home = prefect_env()
     from flows.training import train_pipeline
-    from tasks.tracking import resolve_store, ui_command
+    from tasks.tracking.store import resolve_store, ui_command
 
     summary = train_pipeline(cfg)
     print_summary(summary, ui_command(resolve_store()), home)
 
 
-def print_summary(summary: dict, mlflow_ui: str, prefect_home: Path) -> None:
-    """The end of ``pbf run``: champion, scores against truth, int8 speed-up, what to run next."""
-    d = summary["decision"]
-    out_console.print(
-        f"\n[bold]{summary['registry']}[/]: this run registered int8 v{summary['versions']['int8']}"
-        f" and fp32 v{summary['versions']['fp32']} as [bold]{d['alias']}[/] — {d['reason']}",
-        highlight=False,
-    )
-    out_console.print(
-        f"champion: v{summary['champion_version']} (models:/{summary['registry']}@champion)"
-        if summary["champion_version"]
-        else "champion: none yet (no candidate has passed the gate)",
-        highlight=False,
-    )
-    table = Table(title=f"candidate on {summary['eval_layers']} held-out layers")
-    for col in ("against", "Dice", "recall", "precision", "instance recall", "FP / image"):
-        table.add_column(col, justify="right")
-    for labels, m in summary["scores"].items():
-        table.add_row(
-            "true masks" if labels == "truth" else "weak labels",
-            *(f"{m[k]:.3f}" for k in ("dice", "recall", "precision", "instance_recall")),
-            f"{m['false_positives_per_image']:.2f}",
-        )
-    out_console.print(table)
-    speed = ", ".join(f"{side}²: {x:.2f}x" for side, x in summary["speedup"].items())
-    parity = summary["parity"]
-    out_console.print(
-        f"int8 ONNX vs PyTorch fp32: {speed or 'n/a'}; parity "
-        f"{'passed' if parity.get('passed') else 'FAILED: ' + parity.get('reason', '')} "
-        f"(Dice {parity.get('dice', float('nan')):.4f} vs fp32)",
-        highlight=False,
-    )
-    out_console.print(
-        f"pipeline: {summary['seconds']:.0f} s; MLflow run: {summary['run_url']}", highlight=False
-    )
-    out_console.print("\nnext:", highlight=False)
-    ui = f".venv/bin/{mlflow_ui}" if mlflow_ui else f"open {summary['run_url'].split('/#')[0]}"
-    out_console.print(f"  MLflow UI:   {ui}", highlight=False, soft_wrap=True)
+def print_summary(summary: RunSummary, mlflow_ui: str, prefect_home: Path) -> None:
+    """The end of ``pbf run``: the run's summary, then the commands that open what it made."""
+    from pbf_core.config import Settings
+    from pbf_core.summary import summary_markdown
+
+    out_console.print(Markdown(summary_markdown(summary)))
+    say("\nnext:")
+    ui = f".venv/bin/{mlflow_ui}" if mlflow_ui else f"open {summary.run.url.split('/#')[0]}"
+    say(f"  MLflow UI:   {ui}")
     api = os.environ.get("PREFECT_API_URL")
     prefect_ui = (
         f"open {api.removesuffix('/').removesuffix('/api')}"
         if api
         else f"PREFECT_HOME={prefect_home} .venv/bin/prefect server start  # then open http://127.0.0.1:4200"
     )
-    out_console.print(f"  Prefect UI:  {prefect_ui}", highlight=False, soft_wrap=True)
-    from pbf_core.config import Settings
-
+    say(f"  Prefect UI:  {prefect_ui}")
     bento_home = os.environ.get("BENTOML_HOME") or Settings().state_dir.resolve() / "bentoml"
-    out_console.print(
+    model = summary.bento_model or "packaged by `pbf package`"
+    say(
         f"  serve:       BENTOML_HOME={bento_home} .venv/bin/bentoml serve service:DefectService"
-        f"  # or: make serve; model {summary.get('bento_model') or 'packaged by `pbf package`'}",
-        highlight=False,
-        soft_wrap=True,
+        f"  # or: make serve; model {model}"
     )
 
 
-@app.command("serve-flow")
-@friendly_errors
 def serve_flow(
     config: Annotated[Path | None, typer.Option(help="YAML PipelineConfig for every run.")] = None,
     cron: Annotated[str, typer.Option(help="Schedule (cron, UTC).")] = DEFAULT_CRON,
     name: Annotated[str, typer.Option(help="Deployment name.")] = "nightly-serve",
 ) -> None:
     """Serve the pipeline from this process on a schedule (needs a Prefect server: PREFECT_API_URL)."""
-    cfg = _load(config, None, None)
-    _prefect_env()
+    cfg = load_pipeline_config(config)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise PrefectSetupError(
+            "PREFECT_API_URL is not set: a served flow needs a Prefect server to schedule its "
+            "runs (e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+    prefect_env()
     from flows.training import train_pipeline
 
     train_pipeline.serve(
@@ -148,8 +129,6 @@ def serve_flow(
     )
 
 
-@app.command()
-@friendly_errors
 def package(
     alias: Annotated[str, typer.Option(help="Registry alias of the int8 variant.")] = "champion",
     int8: Annotated[
@@ -165,13 +144,5 @@ def package(
     home = use_state_store()
     local = {k: v for k, v in (("int8", int8), ("fp32", fp32)) if v is not None}
     tag = package_onnx(local) if local else package_champion(alias)
-    out_console.print(f"packaged {tag} into {home}", highlight=False)
-    out_console.print(
-        f"serve: BENTOML_HOME={home} .venv/bin/bentoml serve service:DefectService",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-if __name__ == "__main__":
-    app()
+    say(f"packaged {tag} into {home}")
+    say(f"serve: BENTOML_HOME={home} .venv/bin/bentoml serve service:DefectService")

@@ -1,0 +1,226 @@
+"""``pbf train``, ``evaluate``, ``predict``, ``quantize``, ``benchmark``: one model, step by step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.cli.common import console, out_console, progress_bar, say
+
+ConfigOption = Annotated[
+    Path | None, typer.Option(help="YAML preset: the step's config or a whole pipeline's.")
+]
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Prepared dataset (output of `pbf prepare`).")],
+    out: Annotated[Path, typer.Option(help="Directory for the checkpoint and reports.")],
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Train on weak labels (default) or truth masks.")
+    ] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock training budget.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Split a prepared dataset and train a U-Net on it; write model.safetensors and reports."""
+    from pbf_core.config import TrainConfig, load_config
+    from pbf_core.steps import open_dataset, split_dataset, train_model
+
+    cfg = load_config(
+        config, TrainConfig, device=device, epochs=epochs, labels=labels, max_minutes=max_minutes
+    )
+    dataset = split_dataset(open_dataset(data), cfg)
+    trained = train_model(dataset, cfg, out)
+    scores = trained.evaluation.primary
+    against = "true masks" if trained.evaluation.truth else "weak labels"
+    table = Table(title=f"{trained.split.evaluated_on} layers against {against}")
+    for col in ("threshold", "dice", "precision", "recall", "instance recall", "FP / layer"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{trained.spec.threshold:.3f}",
+        *(f"{scores.pixel[k]:.3f}" for k in ("dice", "precision", "recall")),
+        f"{scores.instance['instance_recall']:.3f}",
+        f"{scores.instance['false_positives_per_image']:.2f}",
+    )
+    out_console.print(table)
+    h = trained.history
+    say(
+        f"model: {trained.checkpoint} ({len(h.epochs)} epochs, best {h.best_epoch + 1}, "
+        f"{h.stopped}, {h.seconds / 60:.1f} min on {h.device} {h.precision})"
+    )
+
+
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="model.safetensors (or .onnx with pbf metadata).")],
+    data: Annotated[Path, typer.Argument(help="Prepared dataset.")],
+    split: Annotated[
+        Path | None, typer.Option(help="split.json from training: score only its --part.")
+    ] = None,
+    part: Annotated[str, typer.Option(help="Which split part to score: train, val or test.")] = (
+        "test"
+    ),
+    threshold: Annotated[float | None, typer.Option(help="Override the model's threshold.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the PR curve, threshold table and overlays.")
+    ] = None,
+) -> None:
+    """Score a model on prepared layers against true masks and weak labels (JSON on stdout)."""
+    from pbf_core.errors import DatasetError
+    from pbf_core.steps import Split, evaluate_model, open_dataset
+
+    dataset = open_dataset(data)
+    ids = [e.id for e in dataset.entries()]
+    if split is not None:
+        parts = Split.load(split)
+        try:
+            ids = parts.part(part)
+        except ValueError as exc:
+            raise DatasetError(split, str(exc)) from None
+        if not ids:
+            raise DatasetError(split, f"the {part!r} part of the split is empty")
+    with progress_bar("evaluating layers"):
+        result = evaluate_model(model, dataset, ids, out=report, threshold=threshold, device=device)
+    out_console.print_json(json.dumps(result.to_dict()))
+
+
+def predict(
+    model: Annotated[Path, typer.Argument(help="model.safetensors (or .onnx with pbf metadata).")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(help="Layer images; a/b/c files of one layer (B1a.png …) are grouped."),
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for <layer>_mask.png and _overlay.png.")],
+    threshold: Annotated[float | None, typer.Option(help="Override the model's threshold.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+) -> None:
+    """Segment layer images: mask and overlay PNGs, defect components as JSON on stdout."""
+    from pbf_core.data.imaging import read_image, write_mask
+    from pbf_core.deploy.inference import load_segmenter
+    from pbf_core.deploy.inputs import group_layer_files, prepare_input
+    from pbf_core.deploy.overlays import render_overlay, write_overlay
+
+    segmenter = load_segmenter(model, device)
+    try:
+        layers = group_layer_files(images, segmenter.spec.views)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    report = {}
+    for name, files in layers:
+        raw = read_image(files[""]) if "" in files else {v: read_image(p) for v, p in files.items()}
+        try:
+            # normalised once: the model input doubles as the overlay's background
+            x = prepare_input(raw, segmenter.spec)
+        except ValueError as exc:
+            console.print(f"[bold red]error:[/] {name}: {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        result = segmenter.segment(x, threshold)
+        write_mask(out / f"{name}_mask.png", result.mask)
+        write_overlay(
+            out / f"{name}_overlay.png", render_overlay(x, result.mask, result.components)
+        )
+        report[name] = {
+            "threshold": result.threshold,
+            "defect_pixels": int(result.mask.sum()),
+            "components": [c.to_dict() for c in result.components],
+        }
+    out_console.print_json(json.dumps(report))
+
+
+def quantize(
+    model: Annotated[Path, typer.Argument(help="model.safetensors from `pbf train`.")],
+    calib: Annotated[
+        Path, typer.Option(help="Prepared dataset the model was trained on (calibration, parity).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for model.fp32.onnx, model.int8.onnx.")],
+    method: Annotated[
+        str | None, typer.Option(help="Calibration: minmax, entropy or percentile.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Calibration tiles.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Export to ONNX and quantize to static int8; gate both on parity with the fp32 model.
+
+    Uses the split the model was trained with (split.json beside it).
+    """
+    from pbf_core.config import QuantizeConfig, load_config
+    from pbf_core.steps import Split, export_model, open_dataset, quantize_model
+
+    cfg = load_config(
+        config, QuantizeConfig, calibration_method=method, calibration_samples=samples
+    )
+    dataset = open_dataset(calib).with_split(Split.load(model.parent / "split.json"))
+    exported = export_model(model, out / "model.fp32.onnx")
+    result = quantize_model(exported, dataset, cfg, out)
+    _print_parity(result)
+    say(f"wrote {out} (report: {result.report})")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _print_parity(result) -> None:
+    first = next(iter(result.parity.values()))
+    table = Table(
+        title=f"parity on {first.images} held-out layers against {first.labels} masks "
+        f"(fp32 Dice {first.reference_dice:.4f}, recall {first.reference_recall:.4f})"
+    )
+    for col in ("variant", "file MB", "threshold", "Dice", "recall", "agreement", "gate"):
+        table.add_column(col, justify="right")
+    for name, parity in result.parity.items():
+        path = result.fp32 if name == "onnx-fp32" else result.int8
+        table.add_row(
+            name,
+            f"{path.stat().st_size / 1e6:.2f}",
+            f"{result.thresholds[name]:.3f}",
+            f"{parity.dice:.4f}",
+            f"{parity.recall:.4f}",
+            f"{parity.agreement_dice:.4f}",
+            "pass" if parity.passed else f"FAIL: {parity.reason}",
+        )
+    out_console.print(table)
+
+
+def benchmark(
+    model: Annotated[Path, typer.Argument(help="model.safetensors from `pbf train`.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Prepared training data: quantize if needed, parity on its test split."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for inference.json and .md.")] = Path(
+        "benchmarks/results"
+    ),
+    onnx_dir: Annotated[
+        Path | None, typer.Option(help="`pbf quantize` output (default: OUT/onnx).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: all cores).")
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="Rounds over all variants; best kept.")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Timed batch-1 runs per size.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Latency, throughput, size, memory and parity of every variant, side by side in one run."""
+    from pbf_core.bench.report import format_markdown
+    from pbf_core.bench.runner import onnx_files
+    from pbf_core.config import BenchmarkConfig, QuantizeConfig, load_config
+    from pbf_core.steps import Split, benchmark_model, open_dataset
+
+    cfg = load_config(
+        config, BenchmarkConfig, threads=threads, rounds=rounds, iterations=iterations
+    )
+    qcfg = load_config(config, QuantizeConfig)
+    dataset = None
+    if data is not None:
+        dataset = open_dataset(data).with_split(Split.load(model.parent / "split.json"))
+    fp32, int8 = onnx_files(model, onnx_dir or out / "onnx", dataset, qcfg)
+    with progress_bar("benchmarking variants") as progress:
+        report = benchmark_model(
+            model, fp32, int8, out, cfg, dataset=dataset, quantize_cfg=qcfg, progress=progress
+        )
+    out_console.print(format_markdown(report), highlight=False, markup=False)
+    say(f"wrote {out / 'inference.json'} and {out / 'inference.md'}")

@@ -1,0 +1,23 @@
+"""The MLflow run of a pipeline run, as Prefect tasks over :mod:`tasks.tracking.runs`."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from pbf_core.config import PipelineConfig
+from pbf_core.data.dataset import PreparedDataset
+from pbf_core.summary import TrackingRun
+from tasks.tracking import runs
+
+
+@task(name="start-tracking-run", retries=2, retry_delay_seconds=5)
+def start_run(
+    config: PipelineConfig, dataset: PreparedDataset, flow_run_url: str | None = None
+) -> TrackingRun:
+    """Open the run: the config as params, the dataset (with its split) as an input."""
+    return runs.start_run(config, dataset, flow_run_url)
+
+
+@task(name="finish-tracking-run")
+def finish_run(run: TrackingRun, status: str = "FINISHED") -> None:
+    runs.finish_run(run.run_id, status)
