@@ -1,4 +1,4 @@
-"""Typed errors. Each carries the offending path or field so a user can act on it."""
+"""Typed errors. Each carries the offending path, layer, variant or field so a user can act on it."""
 
 from __future__ import annotations
 
@@ -9,55 +9,46 @@ class PbfError(Exception):
     """Base class of every error this library raises on purpose."""
 
 
-class ImageReadError(PbfError, ValueError):
+class SubjectError(PbfError):
+    """An error about one thing: ``subject`` (a file, a layer, a model variant) and ``reason``.
+
+    The message reads ``<subject>: <reason>``.
+    """
+
+    def __init__(self, subject: str | Path, reason: str) -> None:
+        self.subject = str(subject)
+        self.reason = reason
+        super().__init__(f"{self.subject}: {reason}")
+
+    @property
+    def path(self) -> str:
+        """The subject, for errors about a file or directory."""
+        return self.subject
+
+
+class ImageReadError(SubjectError, ValueError):
     """An image file could not be used: missing, empty, corrupt, truncated, too large, wrong mode."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
-
-class LayerSetError(PbfError, ValueError):
+class LayerSetError(SubjectError, ValueError):
     """A layer set (a/b/c triplet or single image + mask) is inconsistent, e.g. sizes differ."""
 
     def __init__(self, layer_id: str, reason: str) -> None:
         self.layer_id = layer_id
-        self.reason = reason
-        super().__init__(f"layer {layer_id}: {reason}")
+        super().__init__(f"layer {layer_id}", reason)
 
 
-class DatasetError(PbfError, ValueError):
+class DatasetError(SubjectError, ValueError):
     """A dataset directory or archive is missing, empty or of an unknown layout."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
-
-class CheckpointError(PbfError, ValueError):
+class CheckpointError(SubjectError, ValueError):
     """A checkpoint or weights file is missing, not safetensors, or does not fit the model."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
-
-class ExportError(PbfError, ValueError):
+class ExportError(SubjectError, ValueError):
     """An ONNX file could not be written, read, or does not match its PyTorch model."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
-
-class QuantizationError(PbfError, ValueError):
+class QuantizationError(SubjectError, ValueError):
     """Calibration data or a model file cannot be used for quantization."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")

@@ -21,7 +21,7 @@ promotion gate             :func:`decide_promotion`     ``Decision``           `
 =========================  ===========================  =====================  =========================
 
 The champion is scored for the gate by :func:`evaluate_model` on the candidate's evaluation
-layers. Registering, aliasing and packaging talk to MLflow and BentoML, so they live in
+layers (a :class:`Champion`). Registering, aliasing and packaging talk to MLflow and BentoML, so they live in
 ``tasks/`` (``tasks/tracking/``, ``tasks/packaging.py``).
 """
 
@@ -43,12 +43,13 @@ from pbf_core.data.split import Split, split_dataset
 from pbf_core.data.synthetic import generate_build
 from pbf_core.deploy.export import ExportedModel, export_model
 from pbf_core.deploy.quantization import QuantizedModel, quantize_model
-from pbf_core.evaluation.promotion import Decision, decide_promotion
+from pbf_core.evaluation.promotion import Champion, Decision, decide_promotion
 from pbf_core.evaluation.scores import Evaluation, evaluate_model
 from pbf_core.model.training import TrainedModel, train_model
 
 __all__ = [
     "BenchmarkReport",
+    "Champion",
     "Decision",
     "DiscoveredLayers",
     "Evaluation",

@@ -32,7 +32,7 @@ from typing import Any
 
 from pbf_core.config import Settings
 from pbf_core.deploy.metadata import read_onnx_spec
-from pbf_core.errors import ExportError, PbfError
+from pbf_core.errors import ExportError, SubjectError
 from pbf_core.evaluation.promotion import CHAMPION
 from pbf_core.files import file_digest
 
@@ -42,13 +42,8 @@ VARIANTS = ("int8", "fp32")
 _VARIANT_KEYS = {"variant", "quantization"}
 
 
-class PackagingError(PbfError, ValueError):
+class PackagingError(SubjectError, ValueError):
     """The model to package is missing, inconsistent or not a pbf ONNX file; names which."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        self.source = source
-        self.reason = reason
-        super().__init__(f"{source}: {reason}")
 
 
 def use_state_store(settings: Settings | None = None) -> Path:

@@ -13,7 +13,7 @@ from prefect.logging import get_logger, get_run_logger
 
 from pbf_core import steps
 from pbf_core.config import PromotionConfig
-from pbf_core.evaluation.promotion import CHAMPION
+from pbf_core.evaluation.promotion import CHAMPION, Champion
 from pbf_core.summary import RegisteredVersions, TrackingRun
 from tasks import packaging
 from tasks.tracking import registry
@@ -39,9 +39,9 @@ def register(
 
 
 @task(name="score-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def score_champion(dataset: steps.PreparedDataset) -> tuple[str, steps.Evaluation] | None:
+def score_champion(dataset: steps.PreparedDataset) -> Champion | None:
     """The current champion (its fp32 sibling when registered) scored on this run's evaluation
-    layers, with its version; None without a champion."""
+    layers; None without a champion."""
     with tempfile.TemporaryDirectory(prefix="pbf-champion-") as tmp:
         found = registry.download_alias(f"{CHAMPION}-fp32", tmp) or registry.download_alias(
             CHAMPION, tmp
@@ -51,23 +51,20 @@ def score_champion(dataset: steps.PreparedDataset) -> tuple[str, steps.Evaluatio
         # reasons name the version `champion` points at (the int8 one), not its fp32 sibling
         current = registry.champion_summary()
         version = current["version"] if current else found.version
-        return version, steps.evaluate_model(found.path, dataset)
+        return Champion(version, steps.evaluate_model(found.path, dataset))
 
 
 @task(name="decide-promotion", cache_policy=NO_CACHE)
 def decide(
     candidate: steps.Evaluation,
-    champion: tuple[str, steps.Evaluation] | None,
+    champion: Champion | None,
     dataset: steps.PreparedDataset,
     quantized: steps.QuantizedModel,
     cfg: PromotionConfig,
 ) -> steps.Decision:
     """The promotion gate on the candidate's and the champion's evaluations of the same layers."""
-    name, scores = (
-        ("champion", None) if champion is None else (f"champion v{champion[0]}", champion[1])
-    )
     decision = steps.decide_promotion(
-        candidate, scores, dataset.require_split().eval_digest, quantized.int8_parity, cfg, name
+        candidate, champion, dataset.require_split().eval_digest, quantized.int8_parity, cfg
     )
     _logger().info("promotion: %s (%s)", decision.alias, decision.reason)
     return decision

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from flows.cli.common import console, out_console, progress_bar, say
+
+if TYPE_CHECKING:
+    from pbf_core.deploy.quantization import QuantizedModel
 
 ConfigOption = Annotated[
     Path | None, typer.Option(help="YAML preset: the step's config or a whole pipeline's.")
@@ -163,7 +166,7 @@ def quantize(
         raise typer.Exit(1)
 
 
-def _print_parity(result) -> None:
+def _print_parity(result: QuantizedModel) -> None:
     first = next(iter(result.parity.values()))
     table = Table(
         title=f"parity on {first.images} held-out layers against {first.labels} masks "

@@ -30,7 +30,7 @@ from pbf_core.bench.machine import machine_info
 from pbf_core.bench.report import BenchmarkReport, Latency, VariantResult, write_report
 from pbf_core.config import BenchmarkConfig, QuantizeConfig
 from pbf_core.deploy.parity import REFERENCE_VARIANT, check_parity
-from pbf_core.errors import PbfError
+from pbf_core.errors import SubjectError
 from pbf_core.files import write_json
 
 if TYPE_CHECKING:
@@ -39,13 +39,8 @@ if TYPE_CHECKING:
 Runtime = Literal["torch", "onnx"]
 
 
-class BenchmarkError(PbfError, RuntimeError):
+class BenchmarkError(SubjectError, RuntimeError):
     """A variant could not be benchmarked (its worker failed); names the variant and the cause."""
-
-    def __init__(self, variant: str, reason: str) -> None:
-        self.variant = variant
-        self.reason = reason
-        super().__init__(f"{variant}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,17 @@ Variants (see :data:`VARIANTS`):
 - ``onnx-int8``: ONNX Runtime static int8, QDQ format, calibrated on tiles of real training
   layers, with its own decision threshold (see :func:`match_threshold`).
 
-The defaults of :class:`~pbf_core.config.QuantizeConfig` were chosen by measurement (U-Net /
-MobileNetV2 trained briefly on a 40-layer synthetic build, 6 held-out layers against true masks,
-AVX-512 VNNI CPU): per-channel weights agree with the fp32 masks better than per-tensor (agreement
-Dice 0.991 vs 0.972); uint8 activations give the same masks as int8 ones and run about 1.5x faster
-(U8S8 hits the VNNI kernels); entropy calibration gave the same masks as MinMax at about 10x the
-calibration time, 99.999-percentile slightly worse (0.986). ONNX Runtime's int8 convolution is
-slow for narrow layers over many pixels (per-node profile at 320² of the earlier full-resolution
-head: a 16→8 3×3 conv took 13 ms in int8, a 1376→128 one 2 ms), which is why the default network
-(:class:`pbf_core.model.networks.ShuffleHead`) has no convolution at full resolution; convolutions with
-at most ``float_max_channels`` (8) outputs (there: the final 1×1 logit layer) stay in float.
-The quantized model's scores sit slightly higher than fp32's (mean +0.16 logit, from rounding
-noise rectified by the ReLUs): at the fp32 threshold its masks grow (agreement Dice 0.965-0.975, truth Dice -0.01 to -0.02); with its own
-threshold picked on validation layers they match (agreement 0.990, truth Dice within 0.004).
+The defaults of :class:`~pbf_core.config.QuantizeConfig` were chosen by measurement on a U-Net /
+MobileNetV2 and a CPU with VNNI (``benchmarks/inference.py``, ``benchmarks/results/``):
+per-channel weights agree with the fp32 masks better than per-tensor ones; uint8 activations give
+the same masks as int8 ones and hit the faster U8S8 kernels; entropy calibration gave the same
+masks as MinMax at many times the calibration time. ONNX Runtime's int8 convolution is slow for
+narrow layers over many pixels, which is why the default network
+(:class:`pbf_core.model.networks.ShuffleHead`) has no convolution at full resolution and
+convolutions with at most ``float_max_channels`` outputs (the final logit layer) stay in float.
+The quantized model's scores sit slightly higher than fp32's (rounding noise rectified by the
+ReLUs), so at the fp32 threshold its masks grow; with its own threshold, matched on validation
+layers, they agree with fp32's.
 
 The parity gate scores every variant's masks against the evaluation layers' labels next to the
 fp32 model's; a variant losing more Dice or recall than the configured tolerance fails, with the

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from pbf_core.config import PromotionConfig
-from pbf_core.errors import PbfError
+from pbf_core.errors import SubjectError
 
 if TYPE_CHECKING:
     from pbf_core.deploy.parity import Parity
@@ -26,13 +26,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-class PromotionError(PbfError, ValueError):
+class PromotionError(SubjectError, ValueError):
     """The scores cannot be compared (missing metric); names the model and the metric."""
-
-    def __init__(self, model: str, reason: str) -> None:
-        self.model = model
-        self.reason = reason
-        super().__init__(f"{model}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +122,14 @@ def decide(
         )
     if champion is None:
         return Decision(True, f"no champion yet; {candidate.name} {key} = {cand:.4f}", key, cand)
-    champ = _value(champion, key)
+    return _against_champion(candidate, champion, cfg, key)
+
+
+def _against_champion(
+    candidate: Scores, champion: Scores, cfg: PromotionConfig, key: str
+) -> Decision:
+    """Promote only a candidate better than the champion by more than the margin, same layers."""
+    cand, champ = _value(candidate, key), _value(champion, key)
     if champion.eval_digest != candidate.eval_digest:
         return Decision(
             False,
@@ -137,24 +139,36 @@ def decide(
             cand,
             champ,
         )
+    lower = cfg.metric in LOWER_IS_BETTER
     gain = champ - cand if lower else cand - champ
-    better = "lower" if lower else "higher"
     comparison = (
         f"{candidate.name} {key} = {cand:.4f} vs {champion.name} {champ:.4f} "
-        f"({better} is better, margin {cfg.margin})"
+        f"({'lower' if lower else 'higher'} is better, margin {cfg.margin})"
     )
     if gain > cfg.margin:
         return Decision(True, f"beats the champion: {comparison}", key, cand, champ)
     return Decision(False, f"does not beat the champion: {comparison}", key, cand, champ)
 
 
+@dataclass(frozen=True)
+class Champion:
+    """The registry's current champion, scored on a candidate's evaluation layers.
+
+    Attributes:
+        version: the registry version the ``champion`` alias points at (the int8 file).
+        evaluation: its scores (of its fp32 sibling when one is registered).
+    """
+
+    version: str
+    evaluation: Evaluation
+
+
 def decide_promotion(
     candidate: Evaluation,
-    champion: Evaluation | None,
+    champion: Champion | None,
     eval_digest: str,
     parity: Parity,
     cfg: PromotionConfig,
-    champion_name: str = "champion",
 ) -> Decision:
     """The gate on two evaluations of the same layers (the pipeline's promotion step).
 
@@ -164,15 +178,16 @@ def decide_promotion(
 
     Args:
         candidate: the new model's evaluation.
-        champion: the current champion's evaluation on the same layers, or None.
+        champion: the current champion scored on the same layers, or None.
         eval_digest: digest of those layers.
         parity: the candidate's int8 parity gate.
         cfg: metric, labels, margin, floor.
-        champion_name: how the champion is called in the reason (``champion v3``).
     """
     champ = None
     if champion is not None:
-        champ = Scores(champion.gate_metrics(), eval_digest, champion_name)
+        champ = Scores(
+            champion.evaluation.gate_metrics(), eval_digest, f"champion v{champion.version}"
+        )
     return decide(
         Scores(candidate.gate_metrics(), eval_digest, "candidate"),
         champ,

@@ -96,3 +96,30 @@ def test_metric_key(labels, metrics, key):
 def test_missing_metric_is_a_clear_error():
     with pytest.raises(PromotionError, match="truth/dice"):
         decide(scores(0.5), Scores({"weak/dice": 1}, "abc", "champion v2"), CFG, parity_passed=True)
+
+
+def _evaluation(dice: float):
+    from pbf_core.evaluation.scores import Evaluation, LabelScores
+
+    pixel = {"dice": dice, "iou": dice, "precision": dice, "recall": dice}
+    instance = {"instance_recall": 1.0, "false_positives_per_image": 0.0}
+    scores = LabelScores(2, 0.5, pixel, pixel, instance, dice, dice, 0.5, 0.5)
+    return Evaluation(0.5, 2, scores, scores)
+
+
+def test_promotion_step_compares_evaluations_and_names_the_champion_version():
+    from pbf_core.deploy.parity import Parity
+    from pbf_core.evaluation.promotion import Champion, decide_promotion
+
+    def parity(passed: bool) -> Parity:
+        return Parity("onnx-int8", "truth", 2, 0.9, 0.9, 0.9, 0.9, 1, 1, 0.01, 0.01, passed, "x")
+
+    cfg = PromotionConfig()
+    worse = decide_promotion(
+        _evaluation(0.8), Champion("7", _evaluation(0.9)), "e", parity(True), cfg
+    )
+    assert not worse.promote and "champion v7 0.9000" in worse.reason
+    first = decide_promotion(_evaluation(0.8), None, "e", parity(True), cfg)
+    assert first.promote and first.metric == "truth/dice"
+    failed = decide_promotion(_evaluation(0.99), None, "e", parity(False), cfg)
+    assert not failed.promote and "parity gate: x" in failed.reason

@@ -118,12 +118,16 @@ def test_deployment_run_completes_on_a_real_worker(deployment_run):
 
 
 def test_second_run_reuses_the_prepared_layers(env, deployment_run):
+    """Every layer of the per-layer map (a subflow on the configured task runner) is cached."""
+    parent = {"parent_flow_run_id": {"any_": [deployment_run["id"]]}}
+    (subflow,) = api(env, "/flow_runs/filter", {"flow_runs": parent, "limit": 10})
+    assert subflow["name"] and subflow["state"]["name"] == "Completed"
     runs = api(
         env,
         "/task_runs/filter",
-        {"flow_runs": {"id": {"any_": [deployment_run["id"]]}}, "limit": 200},
+        {"flow_runs": {"id": {"any_": [subflow["id"]]}}, "limit": 200},
     )
-    prepare = [r for r in runs if r["name"].startswith("prepare-layer")]
+    prepare = [r for r in runs if r["name"].startswith("prepare-layer-")]
     assert prepare and {r["state"]["name"] for r in prepare} == {"Cached"}
 
 

@@ -130,3 +130,25 @@ def test_prepare_steps_are_cached_on_unchanged_data(prefect_harness, state_dir, 
     # a change to the preparation code (here: its digest) prepares every layer again
     monkeypatch.setattr("tasks.data.preparation_code", lambda: "changed labelling code")
     assert set(prepare_only(tiny)) == {"Completed"}
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_per_layer_map_runs_on_the_configured_task_runner(
+    prefect_harness, state_dir, tiny, synthetic_build, kind
+):
+    """The same layers come out of a thread pool and a process pool (cached results aside)."""
+    from flows.training import prepare_layers, task_runner
+    from pbf_core.config import RunnerConfig
+    from pbf_core.data.prepare import discover_layers
+
+    found = discover_layers(synthetic_build, state_dir / f"staging-{kind}")
+    runner = task_runner(RunnerConfig(kind=kind, workers=2))
+    assert (
+        type(runner).__name__
+        == {"threads": "ThreadPoolTaskRunner", "processes": "ProcessPoolTaskRunner"}[kind]
+    )
+    out = str(state_dir / f"runner-{kind}")
+    outcomes = prepare_layers.with_options(task_runner=runner)(found, out, tiny.prepare)
+    assert [o.layer_id for o in outcomes] == [r.layer_id for r in found.source.records]
+    kept = [o for o in outcomes if o.entry is not None]
+    assert kept and all((Path(out) / o.entry.image).is_file() for o in kept)
