@@ -171,21 +171,9 @@ def main() -> int:
 
 
 def _spec_for(setup, cfg, threshold: float):
-    from pbf_core.model.spec import ModelSpec
+    from pbf_core.model.training import model_spec
 
-    m = setup.dataset
-    return ModelSpec(
-        encoder=cfg.model.encoder,
-        arch=cfg.model.arch,
-        in_channels=m.channels,
-        decoder_channels=cfg.model.decoder_channels,
-        head=cfg.model.head,
-        head_width=cfg.model.head_width,
-        views=m.views,
-        tile_size=cfg.tile_size,
-        tile_overlap=cfg.tile_overlap,
-        threshold=threshold,
-    )
+    return model_spec(setup.dataset, cfg).model_copy(update={"threshold": threshold})
 
 
 def _markdown(r: dict) -> str:

@@ -171,7 +171,7 @@ def pick_threshold(
     return threshold_for_dice(curve)
 
 
-def _spec(dataset: PreparedDataset, cfg: TrainConfig) -> ModelSpec:
+def model_spec(dataset: PreparedDataset, cfg: TrainConfig) -> ModelSpec:
     """The spec of a model trained on ``dataset`` (threshold and metrics come later)."""
     prep = PrepareConfig.model_validate(dataset.report.get("config") or {})
     m, split = cfg.model, dataset.require_split()
@@ -196,7 +196,7 @@ def finish_training(
     setup: TrainingSetup, history: History, cfg: TrainConfig
 ) -> tuple[ModelSpec, Evaluation]:
     """Pick the threshold on the validation layers, score the evaluation layers, build the spec."""
-    spec = _spec(setup.dataset, cfg)
+    spec = model_spec(setup.dataset, cfg)
     # fp32 here: the threshold is picked for, and scored with, what export and serving run.
     segmenter = Segmenter.from_model(setup.model, spec, device=history.device, precision="fp32")
     val_probs = predict_samples(segmenter, setup.samples["val"])

@@ -51,3 +51,25 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PBF_REGISTRY_NAME", "other")
     s = Settings()
     assert s.state_dir == tmp_path and s.registry_name == "other"
+
+
+def test_a_pipeline_preset_configures_each_step(tmp_path):
+    from pbf_core.config import PipelineConfig, PrepareConfig, QuantizeConfig, TrainConfig
+
+    preset = tmp_path / "pipeline.yaml"
+    preset.write_text(
+        "train: {epochs: 3, stratify: true}\nprepare: {normalization: minmax}\n"
+        "quantize: {calibration_samples: 7}\nrunner: {kind: processes, workers: 2}\n"
+    )
+    assert load_config(preset, TrainConfig).epochs == 3
+    assert load_config(preset, TrainConfig, epochs=5).stratify
+    assert load_config(preset, PrepareConfig).normalization == "minmax"
+    assert load_config(preset, QuantizeConfig).calibration_samples == 7
+    assert load_config(preset, PipelineConfig).runner.kind == "processes"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="section 'train' must be a mapping"):
+        load_config(bad, TrainConfig)
+    step_only = tmp_path / "train.yaml"
+    step_only.write_text("epochs: 4\n")
+    assert load_config(step_only, TrainConfig).epochs == 4
