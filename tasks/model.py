@@ -56,15 +56,7 @@ def quantize(
 ) -> steps.QuantizedModel:
     """Static int8 calibrated on the training layers, gated on parity; logs the gate."""
     quantized = steps.quantize_model(exported, dataset, cfg, out)
-    parity = {
-        f"parity/{name}/{k}": float(v)
-        for name, p in quantized.parity.items()
-        for k, v in p.to_dict().items()
-        if isinstance(v, int | float)
-    }
-    runs.log_metrics(
-        run.run_id, {**parity, "parity/onnx-int8/threshold": quantized.thresholds["onnx-int8"]}
-    )
+    runs.log_metrics(run.run_id, runs.parity_metrics(quantized))
     return quantized
 
 

@@ -17,6 +17,7 @@ uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -169,7 +170,9 @@ class PreparedDataset:
     def channels(self) -> int:
         return len(self.views)
 
+    @functools.cached_property
     def manifest(self) -> Manifest:
+        """``manifest.json``, read once per object (steps ask for entries many times)."""
         return load_manifest(self.path)
 
     def entries(self, ids: Sequence[str] | None = None) -> list[LayerEntry]:
@@ -178,7 +181,7 @@ class PreparedDataset:
         Raises:
             DatasetError: an id that is not a layer of this dataset.
         """
-        layers = self.manifest().layers
+        layers = self.manifest.layers
         if ids is None:
             return list(layers)
         by_id = {e.id: e for e in layers}

@@ -20,7 +20,7 @@ from pbf_core.config import Settings
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.deploy.quantization import QuantizedModel
 from pbf_core.evaluation.promotion import CHALLENGER, CHAMPION, Decision
-from pbf_core.evaluation.scores import Evaluation
+from pbf_core.evaluation.scores import HEADLINE, Evaluation
 from pbf_core.summary import RegisteredVersions, TrackingRun
 from tasks.tracking.store import client, resolve_store
 
@@ -93,17 +93,12 @@ def _version_tags(
 ) -> dict[str, dict[str, str]]:
     base = {"data_digest": dataset.digest, "run_id": run.run_id}
     gate = evaluation.gate_metrics()
-    base.update(
-        {f"metric.{k}": f"{v:.4f}" for k, v in gate.items() if k.split("/")[1] in _HEADLINE}
-    )
+    base.update({f"metric.{k}": f"{v:.4f}" for k, v in gate.items() if k.split("/")[1] in HEADLINE})
     parity = "passed" if quantized.int8_parity.passed else "failed"
     return {
         "fp32": {**base, "variant": "fp32"},
         "int8": {**base, "variant": "int8", "parity": parity},
     }
-
-
-_HEADLINE = {"dice", "recall", "precision", "instance_recall", "false_positives_per_image"}
 
 
 def register_variants(

@@ -14,6 +14,7 @@ from typing import Any
 from pbf_core.bench.report import BenchmarkReport
 from pbf_core.config import PipelineConfig
 from pbf_core.data.dataset import PreparedDataset
+from pbf_core.deploy.quantization import QuantizedModel
 from pbf_core.summary import TrackingRun
 from tasks.tracking.store import Store, client, resolve_store
 
@@ -188,6 +189,18 @@ def benchmark_metrics(report: BenchmarkReport) -> dict[str, float]:
         if res.parity:
             out[f"{key}/parity_dice"] = res.parity["dice"]
             out[f"{key}/parity_recall"] = res.parity["recall"]
+    return out
+
+
+def parity_metrics(quantized: QuantizedModel) -> dict[str, float]:
+    """The quantize step's gate → flat ``parity/<variant>/<measure>`` numbers and thresholds."""
+    out = {
+        f"parity/{name}/{k}": float(v)
+        for name, parity in quantized.parity.items()
+        for k, v in parity.to_dict().items()
+        if isinstance(v, int | float)
+    }
+    out.update({f"parity/{name}/threshold": t for name, t in quantized.thresholds.items()})
     return out
 
 
