@@ -20,6 +20,10 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: Style families of the synthetic generator (``foundry`` is held out of training presets).
+SynthStyle = Literal["classic", "lab", "bright", "dim", "speckle", "am04", "foundry", "mixed"]
+
+
 class SynthConfig(_Frozen):
     """Synthetic PBF build: ``layers`` a/b/c triplets of ``size``² 16-bit pixels."""
 
@@ -30,6 +34,11 @@ class SynthConfig(_Frozen):
     defects_per_layer: float = Field(3.0, ge=0, le=100, description="mean true defects per layer")
     noise_frames: float = Field(
         0.1, ge=0, le=0.9, description="fraction of extra unusable frames (incomplete, blank, ...)"
+    )
+    style: SynthStyle = Field(
+        "classic",
+        description="look of the layers (data/synthetic/styles.py): classic = one fixed look; a "
+        "family draws each layer's from wide ranges; mixed = a training family per layer",
     )
 
 
@@ -186,9 +195,8 @@ class QuantizeConfig(_Frozen):
         8,
         ge=0,
         le=4096,
-        description="convolutions with at most this many output channels stay in float: at full "
-        "resolution (decoder end, head) ONNX Runtime's int8 kernels are slower than its float "
-        "ones; 0 quantizes every convolution",
+        description="convolutions with at most this many output channels stay in float (ONNX "
+        "Runtime's int8 kernels are slow there); 0 quantizes every convolution",
     )
     match_threshold: bool = Field(
         True,
@@ -223,14 +231,12 @@ class ModelConfig(_Frozen):
     )
     decoder_channels: tuple[int, ...] = Field(
         (128, 64, 32, 16, 8),
-        description="U-Net decoder widths, one per encoder stage; half smp's default "
-        "(256, 128, 64, 32, 16): a training step takes 30 % less CPU time",
+        description="U-Net decoder widths, one per encoder stage (half smp's default: cheaper)",
     )
     head: Literal["full", "shuffle"] = Field(
         "shuffle",
-        description="shuffle: the U-Net decoder stops at half resolution and the head sees the "
-        "input pixels as 2x2 blocks there (int8 runs it about 2x faster); full: the head runs at "
-        "full resolution after the whole decoder",
+        description="shuffle: the U-Net decoder stops at half resolution, where the head sees "
+        "the input pixels as 2x2 blocks (faster in int8); full: the head runs at full resolution",
     )
     head_width: int = Field(
         32,

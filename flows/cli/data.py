@@ -24,6 +24,13 @@ def synth(
     noise_frames: Annotated[
         float | None, typer.Option(help="Fraction of extra unusable frames (0 for none).")
     ] = None,
+    style: Annotated[
+        str | None,
+        typer.Option(
+            help="Look of the layers: classic (one fixed look), a family drawing each layer's "
+            "look (lab, bright, dim, speckle, am04; foundry is held out of training) or mixed."
+        ),
+    ] = None,
 ) -> None:
     """Generate a synthetic PBF build: 16-bit a/b/c layer triplets, true masks, manifest."""
     from pbf_core.config import SynthConfig, load_config
@@ -38,6 +45,7 @@ def synth(
         parts=parts,
         defects_per_layer=defects_per_layer,
         noise_frames=noise_frames,
+        style=style,
     )
     with progress_bar("synthesising layers") as progress:
         manifest = generate_build(out, cfg, progress=progress)

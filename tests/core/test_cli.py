@@ -51,6 +51,7 @@ def test_prepare_prints_tables(tmp_path):
         (["prepare", "/nonexistent/raw", "OUT"], "not found"),
         (["synth", "OUT", "--layers", "0"], "layers"),
         (["prepare", "RAW", "OUT", "--method", "magic"], "method"),
+        (["synth", "OUT", "--style", "glossy"], "style"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -59,3 +60,11 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert out.returncode == 2
     assert "error:" in out.stderr and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_synth_style_draws_a_look_per_layer(tmp_path):
+    out = pbf("synth", str(tmp_path / "raw"), "--layers", "3", "--size", "64", "--style", "dim")
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert manifest["config"]["style"] == "dim"
+    assert all("look" in layer for layer in manifest["layers"] if layer["kind"] == "layer")

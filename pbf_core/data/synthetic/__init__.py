@@ -31,10 +31,17 @@ What a layer shows, and why:
 Every frame is a pure function of ``(cfg, frame index)``: the same seed gives byte-identical files,
 and frames could be rendered in parallel.
 
+Looks (``SynthConfig.style``): ``classic`` renders every layer with the one look described above;
+a style family (``styles.STYLES``) draws each layer's look (powder, grain, lighting, noise model,
+blur, gamma, bit depth, JPEG, streaks, a machine frame, defect contrast, ...) from wide ranges, so
+a model can be trained on many looks and tested on a held-out family (``foundry``). A look changes
+only the appearance: the parts and defects of a layer are the same in every style.
+
 The stages, one module each: ``specs`` (what is planned and made), ``fields`` (seeded random
-streams, pixel grid, smooth noise), ``parts`` (part plans, masks, hatch angles), ``defects``
-(defect shapes and painting), ``render`` (powder, lighting, sensor, layers and noise frames) and
-``build`` (frame plan, file naming, :func:`generate_build`).
+streams, pixel grid, smooth noise), ``styles`` (looks and their families), ``parts`` (part plans,
+masks, hatch angles), ``defects`` (defect shapes and painting), ``render`` (powder, lighting,
+sensor, layers and noise frames), ``camera`` (a look's clutter, optics and camera) and ``build``
+(frame plan, file naming, :func:`generate_build`).
 """
 
 from __future__ import annotations
@@ -49,19 +56,33 @@ from pbf_core.data.synthetic.render import (
     render_layer,
 )
 from pbf_core.data.synthetic.specs import NOISE_KINDS, Defect, FrameSpec, PartSpec, RenderedLayer
+from pbf_core.data.synthetic.styles import (
+    HELD_OUT_STYLE,
+    STYLE_NAMES,
+    STYLES,
+    TRAINING_STYLES,
+    Look,
+    draw_look,
+)
 
 __all__ = [
     "GENERATOR",
     "GENERATOR_VERSION",
     "HATCH_ROTATION_DEG",
+    "HELD_OUT_STYLE",
     "NOISE_KINDS",
     "PART_GAIN",
     "POWDER_LEVEL",
+    "STYLES",
+    "STYLE_NAMES",
+    "TRAINING_STYLES",
     "VIEW_AZIMUTH_DEG",
     "Defect",
     "FrameSpec",
+    "Look",
     "PartSpec",
     "RenderedLayer",
+    "draw_look",
     "generate_build",
     "hatch_angle",
     "part_mask",

@@ -98,6 +98,11 @@ def _write_frame(out: Path, cfg: SynthConfig, spec: FrameSpec) -> dict:
         entry["hatch_angle_deg"] = round(layer.hatch_angle_deg, 3)
         entry["part_fraction"] = round(float(layer.part_mask.mean()), 6)
         entry["defects"] = [d.to_dict() for d in layer.defects]
+        if cfg.style != "classic":
+            entry["look"] = {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in layer.look.to_dict().items()
+            }
     return entry
 
 

@@ -14,6 +14,7 @@ from pbf_core.config import SynthConfig
 from pbf_core.data.layers import DEFECT_TYPES, defect_code
 from pbf_core.data.synthetic.fields import _smooth_noise
 from pbf_core.data.synthetic.specs import _FULL_SCALE, Defect
+from pbf_core.data.synthetic.styles import CLASSIC, Look
 
 #: How often each defect type occurs (hole, horizontal, incandescence, spattering, vertical).
 _TYPE_PROB = {
@@ -144,21 +145,31 @@ def _claim_pixels(
 
 
 def _light_defect(
-    rng: np.random.Generator, kind: str, sub: np.ndarray, own: np.ndarray, area: int
+    rng: np.random.Generator,
+    kind: str,
+    sub: np.ndarray,
+    own: np.ndarray,
+    area: int,
+    look: Look = CLASSIC,
 ) -> None:
     """Darken or brighten the ``own`` pixels of ``sub`` (``(3, h, w)`` float32 view, in place).
 
     Dark defects scale the light by the same per-pixel factor in all views, bright ones pull all
     views towards the same near-saturated level, so a defect keeps its sign under every angle.
+    The look's contrast factors make them fainter or stronger.
     """
     jitter = rng.standard_normal(area).astype(np.float32)
     if kind in ("hole", "horizontal", "vertical"):
         lo, hi = _DARK_FACTOR[kind]
-        factor = np.clip(float(rng.uniform(lo, hi)) * (1 + 0.05 * jitter), 0.05, 0.9)
+        depth, ceiling = float(rng.uniform(lo, hi)), 0.9
+        if look.dark_contrast != 1.0:  # (classic builds stay bit-identical)
+            depth, ceiling = 1.0 - (1.0 - depth) * look.dark_contrast, 0.98
+        factor = np.clip(depth * (1 + 0.05 * jitter), 0.05, ceiling)
         sub[:, own] *= factor[None, :]
     else:
         lo, hi = _BRIGHT_ALPHA[kind]
-        alpha = np.clip(float(rng.uniform(lo, hi)) * (1 + 0.05 * jitter), 0.1, 1.0)
+        strength = float(rng.uniform(lo, hi)) * look.bright_contrast
+        alpha = np.clip(strength * (1 + 0.05 * jitter), 0.1 * look.bright_contrast, 1.0)
         target = np.float32(0.98 * _FULL_SCALE)
         sub[:, own] += (target - sub[:, own]) * alpha[None, :]
 
@@ -180,7 +191,11 @@ def _describe_defect(
 
 
 def _paint_defects(
-    rng: np.random.Generator, cfg: SynthConfig, value: np.ndarray, part: np.ndarray
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    value: np.ndarray,
+    part: np.ndarray,
+    look: Look = CLASSIC,
 ) -> tuple[np.ndarray, np.ndarray, tuple[Defect, ...]]:
     """Paint about ``cfg.defects_per_layer`` defects into a layer, identically in every view.
 
@@ -215,7 +230,7 @@ def _paint_defects(
         area = int(own.sum())
         if area == 0 or area > _MAX_DEFECT_FRACTION * n * n:
             continue
-        _light_defect(rng, kind, value[:, window[0], window[1]], own, area)
+        _light_defect(rng, kind, value[:, window[0], window[1]], own, area, look)
         types[window][own] = defect_code(kind)
         defects.append(_describe_defect(kind, window, own, area, part))
     return types > 0, types, tuple(defects)

@@ -15,6 +15,7 @@ _STREAM_PARTS = 1
 _STREAM_FRAMES = 2
 _STREAM_LAYER = 3
 _STREAM_NOISE = 4
+_STREAM_EFFECTS = 6  # styles.py uses 5 for the looks
 
 
 def _rng(cfg: SynthConfig, *keys: int) -> np.random.Generator:

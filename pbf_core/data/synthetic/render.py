@@ -10,8 +10,10 @@ import numpy as np
 
 from pbf_core.config import SynthConfig
 from pbf_core.data.layers import TRIPLET_VIEWS
+from pbf_core.data.synthetic.camera import camera_effects, scene_effects
 from pbf_core.data.synthetic.defects import _paint_defects
 from pbf_core.data.synthetic.fields import (
+    _STREAM_EFFECTS,
     _STREAM_LAYER,
     _STREAM_NOISE,
     _grid,
@@ -26,51 +28,68 @@ from pbf_core.data.synthetic.specs import (
     PartSpec,
     RenderedLayer,
 )
+from pbf_core.data.synthetic.styles import CLASSIC, Look, draw_look
 
-#: Lighting azimuth of views a, b, c (degrees, image x axis = 0, y pointing down).
-VIEW_AZIMUTH_DEG: tuple[float, ...] = (0.0, 120.0, 240.0)
+#: Lighting azimuth of views a, b, c in the classic look (degrees, x axis = 0, y pointing down).
+VIEW_AZIMUTH_DEG: tuple[float, ...] = CLASSIC.azimuths
 
-#: Mean powder level (16-bit counts) at the plate centre.
-POWDER_LEVEL = 24_000.0
-#: Melted metal reflects this much more than powder (before hatch texture and glints).
-PART_GAIN = 1.65
+#: Mean powder level (16-bit counts) at the plate centre, classic look.
+POWDER_LEVEL = CLASSIC.powder_level
+#: Melted metal reflects this much more than powder (before hatch texture and glints), classic.
+PART_GAIN = CLASSIC.part_gain
 
-_RELIEF_SHADING = 0.16  # shading change per unit slope of the height field
 _PART_HEIGHT = 1.6  # how far parts stand above the powder, in height-field units (~px)
 _SHADOW_DEPTH = 0.35  # fraction of light lost in a part's shadow
 
 
-def _light_dirs() -> np.ndarray:
+def _light_dirs(azimuths: tuple[float, ...] = VIEW_AZIMUTH_DEG) -> np.ndarray:
     """``(3, 2)`` unit vectors (x, y) pointing from the plate towards each view's light."""
-    az = np.deg2rad(np.asarray(VIEW_AZIMUTH_DEG, dtype=np.float64))
+    az = np.deg2rad(np.asarray(azimuths, dtype=np.float64))
     return np.stack([np.cos(az), np.sin(az)], axis=1).astype(np.float32)
 
 
-@lru_cache(maxsize=4)
-def _illumination(size: int) -> np.ndarray:
+@lru_cache(maxsize=8)
+def _illumination(
+    size: int,
+    azimuths: tuple[float, ...] = VIEW_AZIMUTH_DEG,
+    gradient: float = CLASSIC.light_gradient,
+    vignetting: float = CLASSIC.vignetting,
+) -> np.ndarray:
     """``(3, H, W)`` float32 relative irradiance per view: side-light gradient and vignetting."""
     yy, xx = _grid(size)
     c = (size - 1) / 2.0
     u, v = (xx - c) / size, (yy - c) / size
     r2 = u * u + v * v
-    camera = 1.0 + 0.05 * v - 0.35 * r2  # shared: lens vignetting, slight tilt of the plate
+    camera = 1.0 + 0.05 * v - vignetting * r2  # shared: lens vignetting, slight tilt of the plate
     out = np.empty((3, size, size), dtype=np.float32)
-    for i, (lx, ly) in enumerate(_light_dirs()):
-        out[i] = camera * (1.0 + 0.22 * (u * lx + v * ly))  # brighter towards each lamp
+    for i, (lx, ly) in enumerate(_light_dirs(azimuths)):
+        out[i] = camera * (1.0 + gradient * (u * lx + v * ly))  # brighter towards each lamp
     out.setflags(write=False)
     return out
 
 
-def _powder(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _look_illumination(n: int, look: Look) -> np.ndarray:
+    return _illumination(n, look.azimuths, look.light_gradient, look.vignetting)
+
+
+def _powder(
+    rng: np.random.Generator, n: int, look: Look = CLASSIC
+) -> tuple[np.ndarray, np.ndarray]:
     """Fresh powder: ``(albedo, height)`` float32 ``(n, n)`` from grains and clumps."""
-    grains = _smooth_noise(rng, (n, n), 0.7)
-    clumps = _smooth_noise(rng, (n, n), max(2.0, n / 128))
-    albedo = 1.0 + 0.012 * grains + 0.012 * clumps
+    grains = _smooth_noise(rng, (n, n), 0.7 * look.feature_scale)
+    clumps = _smooth_noise(rng, (n, n), max(2.0, n / 128) * look.feature_scale)
+    albedo = 1.0 + look.grain_amp * grains + look.clump_amp * clumps
     height = 0.2 * grains + 0.5 * clumps
     return albedo, height
 
 
-def _shade(albedo: np.ndarray, height: np.ndarray, raised: np.ndarray | None, n: int) -> np.ndarray:
+def _shade(
+    albedo: np.ndarray,
+    height: np.ndarray,
+    raised: np.ndarray | None,
+    n: int,
+    look: Look = CLASSIC,
+) -> np.ndarray:
     """Light ``albedo`` under the three views: illumination × relief shading × part shadows.
 
     Args:
@@ -83,12 +102,12 @@ def _shade(albedo: np.ndarray, height: np.ndarray, raised: np.ndarray | None, n:
     """
     gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
     gy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 8.0
-    illum = _illumination(n)
+    illum = _look_illumination(n, look)
     shadow_len = max(1.5, n / 170)
     out = np.empty((3, n, n), dtype=np.float32)
-    for i, (lx, ly) in enumerate(_light_dirs()):
+    for i, (lx, ly) in enumerate(_light_dirs(look.azimuths)):
         # Slopes facing the lamp catch more light (Lambert, low elevation, linearised).
-        shade = np.clip(1.0 + _RELIEF_SHADING * (gx * lx + gy * ly), 0.3, 1.7)
+        shade = np.clip(1.0 + look.relief_shading * (gx * lx + gy * ly), 0.3, 1.7)
         lit = (albedo[i] if albedo.ndim == 3 else albedo) * illum[i] * shade
         if raised is not None:
             # A raised part hides the lamp from the powder just beyond its far edge.
@@ -102,30 +121,35 @@ def _shade(albedo: np.ndarray, height: np.ndarray, raised: np.ndarray | None, n:
             )
             lit *= 1.0 - _SHADOW_DEPTH * np.clip(caster - raised, 0.0, 1.0)
         out[i] = lit
-    return out * np.float32(POWDER_LEVEL)
+    return out * np.float32(look.powder_level)
 
 
-def _sensor(rng: np.random.Generator, expected: np.ndarray) -> np.ndarray:
+def _sensor(rng: np.random.Generator, expected: np.ndarray, look: Look = CLASSIC) -> np.ndarray:
     """Add read and shot noise to expected counts and quantise: ``(3, H, W)`` uint16."""
-    sigma = np.sqrt(np.float32(110.0**2) + np.float32(4.0) * np.maximum(expected, 0))
+    read, gain = look.read_noise, look.shot_gain
+    sigma = np.sqrt(np.float32(read**2) + np.float32(gain) * np.maximum(expected, 0))
     noisy = expected + sigma * rng.standard_normal(expected.shape, dtype=np.float32)
     return np.clip(np.rint(noisy), 0, _FULL_SCALE).astype(np.uint16)
 
 
 def _layer_expected(
-    cfg: SynthConfig, z: int, rng: np.random.Generator, parts: tuple[PartSpec, ...]
+    cfg: SynthConfig,
+    z: int,
+    rng: np.random.Generator,
+    parts: tuple[PartSpec, ...],
+    look: Look = CLASSIC,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Noise-free ``(3, n, n)`` float32 counts of layer ``z``, its part mask and hatch angle."""
     n = cfg.size
     part = part_mask(cfg, z, parts)
     angle = hatch_angle(cfg, z)
-    powder_alb, powder_h = _powder(rng, n)
+    powder_alb, powder_h = _powder(rng, n, look)
     partf = part.astype(np.float32)
     cover = cv2.GaussianBlur(partf, (0, 0), 0.6)  # anti-aliased part edge
     raised = cv2.GaussianBlur(partf, (0, 0), 1.2)
 
     yy, xx = _grid(n)
-    period = max(4.0, n / 110)  # hatch spacing (px)
+    period = max(4.0, n / 110) * look.feature_scale  # hatch spacing (px)
     th = math.radians(angle)
     # Tracks run along `angle`; the texture varies across them.
     phase = (-math.sin(th) * xx + math.cos(th) * yy) * np.float32(2 * math.pi / period)
@@ -137,11 +161,13 @@ def _layer_expected(
     # Melted metal: brighter, textured along the tracks, brightest where the track direction is
     # perpendicular to the light (specular lobe), plus the contour track and a few glints.
     contour = part & ~cv2.erode(part.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    metal = PART_GAIN * (1.0 + 0.07 * ripple + 0.04 * _smooth_noise(rng, (n, n), 0.6))
+    metal = look.part_gain * (
+        1.0 + look.hatch_contrast * ripple + 0.04 * _smooth_noise(rng, (n, n), 0.6)
+    )
     metal += 0.25 * contour
     albedo = np.empty((3, n, n), dtype=np.float32)
     part_idx = np.flatnonzero(part)
-    for i, az in enumerate(VIEW_AZIMUTH_DEG):
+    for i, az in enumerate(look.azimuths):
         spec = 0.18 * math.sin(math.radians(angle - az)) ** 2
         view_metal = metal + spec
         if part_idx.size:
@@ -150,7 +176,7 @@ def _layer_expected(
             glints[part_idx[rng.integers(part_idx.size, size=k)]] = 0.8
             view_metal += cv2.GaussianBlur(glints.reshape(n, n), (0, 0), 0.7) * 4.0
         albedo[i] = powder_alb * (1.0 - cover) + view_metal * cover
-    return _shade(albedo, height, raised, n), part, angle
+    return _shade(albedo, height, raised, n, look), part, angle
 
 
 def render_layer(cfg: SynthConfig, z: int, variant: int = 0) -> RenderedLayer:
@@ -168,9 +194,16 @@ def render_layer(cfg: SynthConfig, z: int, variant: int = 0) -> RenderedLayer:
     if z < 0:
         raise ValueError(f"layer index z must be >= 0, got {z}")
     rng = _rng(cfg, _STREAM_LAYER, z, variant)
-    expected, part, angle = _layer_expected(cfg, z, rng, plan_parts(cfg))
-    truth, types, defects = _paint_defects(rng, cfg, expected, part)
-    return RenderedLayer(_sensor(rng, expected), truth, types, part, angle, defects)
+    look = draw_look(cfg, z, variant)
+    expected, part, angle = _layer_expected(cfg, z, rng, plan_parts(cfg), look)
+    truth, types, defects = _paint_defects(rng, cfg, expected, part, look)
+    if not look.effects:
+        views = _sensor(rng, expected, look)
+    else:  # the extra effects draw from a stream of their own: the classic draws stay the same
+        fx = _rng(cfg, _STREAM_EFFECTS, z, variant)
+        expected = scene_effects(fx, expected, types, look)
+        views = camera_effects(fx, _sensor(rng, expected, look), look)
+    return RenderedLayer(views, truth, types, part, angle, defects, look)
 
 
 def _recoater_expected(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:

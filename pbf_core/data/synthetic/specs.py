@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,7 @@ class RenderedLayer:
         part_mask: ``(H, W)`` bool, melted cross-section of this layer.
         hatch_angle_deg: direction of the scan tracks in [0, 180) degrees.
         defects: the painted instances.
+        look: the appearance it was rendered with (None: the classic one).
     """
 
     views: np.ndarray
@@ -87,3 +89,4 @@ class RenderedLayer:
     part_mask: np.ndarray
     hatch_angle_deg: float
     defects: tuple[Defect, ...]
+    look: Any = None

@@ -1,0 +1,120 @@
+"""Style families of the synthetic generator: looks drawn per layer, appearance only."""
+
+from __future__ import annotations
+
+import json
+import typing
+
+import numpy as np
+import pytest
+
+from pbf_core.config import PrepareConfig, SynthConfig, SynthStyle
+from pbf_core.data.prepare import prepare_dataset
+from pbf_core.data.synthetic import (
+    HELD_OUT_STYLE,
+    STYLE_NAMES,
+    STYLES,
+    TRAINING_STYLES,
+    Look,
+    draw_look,
+    generate_build,
+    render_layer,
+)
+from pbf_core.data.synthetic.camera import camera_effects, scene_effects
+
+SMALL = {"layers": 4, "size": 96, "seed": 5, "defects_per_layer": 6}
+
+
+def test_config_names_every_style_and_the_held_out_one_is_not_trained_on():
+    assert set(typing.get_args(SynthStyle)) == set(STYLE_NAMES)
+    assert HELD_OUT_STYLE in STYLES and HELD_OUT_STYLE not in TRAINING_STYLES
+    for family in STYLES.values():
+        for name, (lo, hi) in family.items():
+            assert name in Look.__dataclass_fields__ and lo <= hi, name
+
+
+@pytest.mark.parametrize("style", sorted(set(STYLES) - {"classic"}))
+def test_a_family_draws_each_layer_within_its_ranges(style):
+    cfg = SynthConfig(**SMALL, style=style)
+    looks = [draw_look(cfg, z) for z in range(6)]
+    assert len({look.to_dict().__repr__() for look in looks}) == 6  # a new look every layer
+    assert draw_look(cfg, 3) == looks[3]  # and the same one every time
+    for look in looks:
+        assert look.effects or style == "lab"
+        for name, (lo, hi) in STYLES[style].items():
+            assert lo - 0.5 <= getattr(look, name) <= hi + 0.5, (name, getattr(look, name))
+
+
+def test_classic_is_one_look_and_mixed_only_draws_training_families():
+    classic = SynthConfig(**SMALL)
+    assert {draw_look(classic, z) for z in range(5)} == {Look()}
+    mixed = SynthConfig(**SMALL, style="mixed")
+    held_out = STYLES[HELD_OUT_STYLE]
+    for z in range(40):
+        look = draw_look(mixed, z)
+        # the held-out family alone draws coarse features; no mixed layer is that coarse
+        assert look.feature_scale < held_out["feature_scale"][0]
+
+
+@pytest.mark.parametrize("style", ["bright", "speckle", "am04", "foundry"])
+def test_a_style_changes_the_look_not_the_defects_or_parts(style):
+    classic = render_layer(SynthConfig(**SMALL), 2)
+    styled = render_layer(SynthConfig(**SMALL, style=style), 2)
+    assert np.array_equal(classic.truth, styled.truth)
+    assert np.array_equal(classic.types, styled.types)
+    assert np.array_equal(classic.part_mask, styled.part_mask)
+    assert classic.defects == styled.defects and classic.defects
+    assert not np.array_equal(classic.views, styled.views)
+    assert styled.views.dtype == np.uint16
+
+
+def test_camera_effects_do_what_they_say():
+    rng = np.random.default_rng(0)
+    views = rng.integers(1000, 60_000, size=(3, 64, 64)).astype(np.uint16)
+    eight = camera_effects(rng, views, Look(bit_depth=8))
+    assert len(np.unique(eight)) <= 256 and not np.array_equal(eight, views)
+    salted = camera_effects(rng, views, Look(salt_pepper=0.05))
+    stuck = (salted == 0) | (salted == 65_535)
+    assert 0.02 < stuck.mean() < 0.08
+    jpeg = camera_effects(rng, views, Look(jpeg_quality=50))
+    assert np.all(jpeg % 257 == 0)  # went through 8 bits
+    dark = camera_effects(rng, views, Look(gamma=1.5))
+    assert dark.mean() < views.mean()
+
+
+def test_frame_covers_the_border_but_never_a_defect_pixel():
+    rng = np.random.default_rng(1)
+    expected = np.full((3, 64, 64), 20_000, np.float32)
+    types = np.zeros((64, 64), np.uint8)
+    types[0:3, 0:3] = 1  # a defect in the corner the frame covers
+    out = scene_effects(rng, expected, types, Look(frame=0.1))
+    border = np.ones((64, 64), bool)
+    border[6:58, 6:58] = False
+    assert np.all(out[:, types > 0] == 20_000)
+    assert np.any(out[:, border & (types == 0)] != 20_000)
+    assert np.all(out[:, 10:54, 10:54] == 20_000)
+
+
+def test_shadow_spots_darken_one_view_only():
+    rng = np.random.default_rng(2)
+    expected = np.full((3, 64, 64), 20_000, np.float32)
+    out = scene_effects(rng, expected, np.zeros((64, 64), np.uint8), Look(shadow_spots=1))
+    changed = [bool(np.any(out[i] < 19_000)) for i in range(3)]
+    assert sum(changed) == 1
+
+
+def test_styled_manifest_records_each_layer_look(tmp_path):
+    manifest = generate_build(tmp_path / "b", SynthConfig(**SMALL, style="dim", noise_frames=0))
+    looks = [layer["look"] for layer in manifest["layers"]]
+    assert len(looks) == 4 and all(look["bit_depth"] == 12 for look in looks)
+    classic = generate_build(tmp_path / "c", SynthConfig(**SMALL, noise_frames=0))
+    assert all("look" not in layer for layer in classic["layers"])
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]["style"] == "dim"
+
+
+@pytest.mark.parametrize("style", [*sorted(STYLES), "mixed"])
+def test_every_style_passes_the_frame_filter(tmp_path, style):
+    generate_build(tmp_path / "raw", SynthConfig(**SMALL, style=style, noise_frames=0.3))
+    report = prepare_dataset(tmp_path / "raw", tmp_path / "prep", PrepareConfig()).report
+    assert report["counts"]["kept"] == SMALL["layers"], report["dropped"]
+    assert report["counts"]["dropped"] >= 1  # the noise frames still go
