@@ -10,7 +10,8 @@
 - ``serving/``: what the BentoML service does, without BentoML.
 - ``steps.py``: the index of the pipeline's steps, one typed function each, in data-flow order;
   the ``pbf`` commands and the Prefect tasks both call them. ``summary.py``: a run's result.
-- ``config.py``, ``errors.py``, ``files.py``: configs, typed errors, file helpers.
+- ``config/``, ``errors.py``, ``files.py``: configs (one module per stage), typed errors, file
+  helpers.
 
 Nothing here imports prefect, mlflow or bentoml; the orchestration (``tasks``, ``flows``) and the
 service wrap these functions.

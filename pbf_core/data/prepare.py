@@ -201,11 +201,11 @@ def discover_layers(raw: str | Path, staging: str | Path | None = None) -> Disco
 @functools.cache
 def preparation_code() -> str:
     """Digest of the code that prepares layers: part of every preparation cache key."""
-    import pbf_core.config
+    import pbf_core.config.data
     import pbf_core.data
     import pbf_core.evaluation.metrics
 
-    return source_digest([pbf_core.data, pbf_core.evaluation.metrics, pbf_core.config])
+    return source_digest([pbf_core.data, pbf_core.evaluation.metrics, pbf_core.config.data])
 
 
 def prepared_dir(root: str | Path, name: str, raw_digest: str, cfg: PrepareConfig) -> Path:

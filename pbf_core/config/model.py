@@ -1,0 +1,123 @@
+"""Configs of the model stage: the network, patch augmentation, training."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pbf_core.config.base import Frozen
+
+
+class ModelConfig(Frozen):
+    """Segmentation network: architecture, encoder and where its initial weights come from."""
+
+    arch: str = Field("unet", description="segmentation-models-pytorch architecture name")
+    encoder: str = Field("mobilenet_v2", description="encoder name (smp or tu-<timm model>)")
+    encoder_weights: str | None = Field(
+        None,
+        description="None = random init (offline), 'imagenet' (downloads), or a local weights file",
+    )
+    decoder_channels: tuple[int, ...] = Field(
+        (128, 64, 32, 16, 8),
+        description="U-Net decoder widths, one per encoder stage (half smp's default: cheaper)",
+    )
+    head: Literal["full", "shuffle"] = Field(
+        "shuffle",
+        description="shuffle: the U-Net decoder stops at half resolution, where the head sees "
+        "the input pixels as 2x2 blocks (faster in int8); full: the head runs at full resolution",
+    )
+    head_width: int = Field(
+        32,
+        ge=0,
+        le=256,
+        description="channels of the head over [decoder output, input pixels] (0 = smp's head)",
+    )
+
+    @model_validator(mode="after")
+    def _check_decoder(self) -> ModelConfig:
+        if not self.decoder_channels or any(c < 1 for c in self.decoder_channels):
+            raise ValueError(f"decoder_channels must be positive, got {self.decoder_channels}")
+        return self
+
+
+class AugmentConfig(Frozen):
+    """Training-time augmentation of patches (albumentations); probabilities per patch."""
+
+    flips: bool = Field(True, description="horizontal/vertical flips and 90° rotations")
+    affine_p: float = Field(0.3, ge=0, le=1, description="small scale/rotate/shift")
+    brightness_contrast_p: float = Field(0.5, ge=0, le=1)
+    noise_p: float = Field(0.3, ge=0, le=1, description="additive Gaussian noise")
+
+
+class TrainConfig(Frozen):
+    """U-Net training on patches of prepared layers, validated on whole held-out layers."""
+
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    labels: Literal["weak", "truth"] = Field(
+        "weak", description="train on weak labels (default: real data has no truth) or true masks"
+    )
+    split: tuple[float, float, float] = Field(
+        (0.7, 0.15, 0.15), description="train/val/test fractions of layers (split by layer)"
+    )
+    stratify: bool = Field(
+        False,
+        description="split each group of layers (by the rarest defect type in the layer, from "
+        "the per-pixel types of annotated data) in the same proportions",
+    )
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CPUs with native bf16 and on CUDA, else fp32"
+    )
+    channels_last: bool = True
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (None = torch's default)"
+    )
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(25, ge=1, description="optimizer steps per epoch")
+    batch_size: int = Field(16, ge=1)
+    patch_size: int = Field(128, ge=32, description="training patch side (px, multiple of 32)")
+    positive_fraction: float = Field(
+        0.6, ge=0, le=1, description="fraction of patches placed on a labelled defect"
+    )
+    balance_types: bool = Field(
+        False,
+        description="place a positive patch on a defect type drawn uniformly first, then on an "
+        "instance of it (needs per-pixel types; else instances are drawn uniformly)",
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate (3e-3 oscillated more)")
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    pos_weight: float = Field(3.0, gt=0, description="BCE weight of defect pixels")
+    dice_weight: float = Field(1.0, ge=0, description="loss = BCE + dice_weight * soft Dice")
+    patience: int = Field(8, ge=1, description="epochs without validation gain before stopping")
+    max_minutes: float | None = Field(None, gt=0, description="training time budget")
+    budget_clock: Literal["wall", "process"] = Field(
+        "wall",
+        description="clock of max_minutes: wall time, or this process's CPU time (benchmarks on "
+        "a machine shared with other jobs)",
+    )
+    tile_size: int = Field(256, ge=32, description="inference tile side (px, multiple of 32)")
+    tile_overlap: int = Field(32, ge=0, description="overlap between inference tiles (px)")
+    threshold_policy: Literal["max_dice", "target_recall"] = Field(
+        "max_dice", description="how the decision threshold is picked on the validation layers"
+    )
+    target_recall: float = Field(0.95, gt=0, le=1, description="pixel recall for target_recall")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0 or self.split[0] <= 0:
+            raise ValueError(
+                f"split must be 3 non-negative fractions summing to 1, got {self.split}"
+            )
+        for name in ("patch_size", "tile_size"):
+            if getattr(self, name) % 32:
+                raise ValueError(f"{name} must be a multiple of 32, got {getattr(self, name)}")
+        if self.tile_overlap >= self.tile_size // 2:
+            raise ValueError(
+                f"tile_overlap must be below half the tile ({self.tile_size}), got {self.tile_overlap}"
+            )
+        return self
