@@ -48,6 +48,13 @@ class AugmentConfig(Frozen):
     affine_p: float = Field(0.3, ge=0, le=1, description="small scale/rotate/shift")
     brightness_contrast_p: float = Field(0.5, ge=0, le=1)
     noise_p: float = Field(0.3, ge=0, le=1, description="additive Gaussian noise")
+    blur_p: float = Field(0.0, ge=0, le=1, description="defocus (Gaussian) or motion blur")
+    gamma_p: float = Field(0.0, ge=0, le=1, description="camera response (gamma 0.7-1.5)")
+    compression_p: float = Field(0.0, ge=0, le=1, description="JPEG compression (quality 60-95)")
+    speckle_p: float = Field(0.0, ge=0, le=1, description="multiplicative per-pixel noise")
+    illumination_p: float = Field(
+        0.0, ge=0, le=1, description="a lighting gradient across the patch"
+    )
 
 
 class TrainConfig(Frozen):
@@ -81,6 +88,13 @@ class TrainConfig(Frozen):
     patch_size: int = Field(128, ge=32, description="training patch side (px, multiple of 32)")
     positive_fraction: float = Field(
         0.6, ge=0, le=1, description="fraction of patches placed on a labelled defect"
+    )
+    hard_negative_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the other patches centred on the most defect-like pixels that are "
+        "not defects (part edges, glints, shadows, streaks)",
     )
     balance_types: bool = Field(
         False,

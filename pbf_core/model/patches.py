@@ -57,7 +57,53 @@ def build_augmentation(cfg: AugmentConfig, seed: int | None = None) -> Any:
         )
     if cfg.noise_p > 0:
         ops.append(A.GaussNoise(std_range=(0.005, 0.03), p=cfg.noise_p))
-    return A.Compose(ops, seed=seed)
+    return A.Compose(ops + _camera_augmentation(A, cfg), seed=seed)
+
+
+def _camera_augmentation(A: Any, cfg: AugmentConfig) -> list:  # noqa: N803 (albumentations)
+    """What another camera does to a layer: blur, response curve, compression, noise, lighting.
+
+    Kept milder than the robustness benchmark's corruptions, which must test beyond them.
+    """
+    ops: list = []
+    if cfg.blur_p > 0:
+        blurs = [A.GaussianBlur(sigma_limit=(0.3, 1.2), blur_limit=0), A.MotionBlur((3, 5))]
+        ops.append(A.OneOf(blurs, p=cfg.blur_p))
+    if cfg.gamma_p > 0:
+        ops.append(A.RandomGamma(gamma_limit=(70, 150), p=cfg.gamma_p))
+    if cfg.compression_p > 0:
+        ops.append(A.ImageCompression(quality_range=(60, 95), p=cfg.compression_p))
+    if cfg.speckle_p > 0:
+        ops.append(
+            A.MultiplicativeNoise((0.93, 1.07), per_channel=True, elementwise=True, p=cfg.speckle_p)
+        )
+    if cfg.illumination_p > 0:
+        ops.append(A.Illumination(mode="linear", intensity_range=(0.05, 0.2), p=cfg.illumination_p))
+    return ops
+
+
+def hard_negatives(
+    image: np.ndarray, target: np.ndarray, share: float = 0.005, most: int = 4096
+) -> np.ndarray:
+    """Flat indices of the pixels that look most like defects without being one.
+
+    The strongest local deviations from a smoothed image (part edges, glints, shadows, streaks,
+    noise bursts), at least 4 px from any labelled defect: the ``share`` of pixels that deviate
+    most, at most ``most`` of them.
+
+    Args:
+        image: ``(C, H, W)`` float32 in [0, 1].
+        target: ``(H, W)`` bool defect mask.
+    """
+    deviation = np.mean(
+        [np.abs(v - cv2.GaussianBlur(v, (0, 0), 3.0)) for v in image.astype(np.float32)], axis=0
+    )
+    near = cv2.dilate(target.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    deviation[near] = -1.0
+    cut = np.quantile(deviation, 1.0 - share)
+    idx = np.flatnonzero((deviation >= cut) & (deviation > 0))
+    step = max(1, idx.size // most)
+    return idx[::step][:most]
 
 
 @dataclass(frozen=True)
@@ -104,6 +150,8 @@ class PatchDataset:
         seed: base seed.
         types: optional ``(H, W)`` defect-type code maps (0 = none), one per image.
         balance_types: with ``types``, a positive crop picks a defect type uniformly first.
+        hard_negative_fraction: share of the other crops centred on a hard negative (see
+            :func:`hard_negatives`) instead of a uniformly random place.
 
     Items:
         ``image`` ``(C, patch, patch)`` float32 tensor, ``target`` ``(1, patch, patch)`` float32.
@@ -120,6 +168,7 @@ class PatchDataset:
         seed: int = 0,
         types: Sequence[np.ndarray | None] | None = None,
         balance_types: bool = False,
+        hard_negative_fraction: float = 0.0,
     ) -> None:
         if not images or len(images) != len(targets):
             raise ValueError(
@@ -145,6 +194,12 @@ class PatchDataset:
             [[b for b in self.blobs if b.kind == k] for k in kinds]
             if balance_types and types is not None
             else [self.blobs]
+        )
+        self.hard_negative_fraction = hard_negative_fraction
+        self.hard = (
+            [hard_negatives(x, t) for x, t in zip(self.images, self.targets, strict=True)]
+            if hard_negative_fraction > 0
+            else []
         )
 
     @staticmethod
@@ -172,9 +227,22 @@ class PatchDataset:
             y0 = int(np.clip(y - rng.integers(0, p), 0, h - p))
             x0 = int(np.clip(x - rng.integers(0, p), 0, w - p))
             return b.layer, y0, x0
+        if self.hard and rng.random() < self.hard_negative_fraction:
+            return self._hard_origin(rng)
         i = int(rng.integers(len(self.images)))
         _, h, w = self.images[i].shape
         return i, int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+
+    def _hard_origin(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A crop around a hard negative of a random layer (uniform when it has none)."""
+        p, i = self.patch_size, int(rng.integers(len(self.images)))
+        _, h, w = self.images[i].shape
+        if not self.hard[i].size:
+            return i, int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+        y, x = divmod(int(self.hard[i][rng.integers(self.hard[i].size)]), w)
+        y0 = int(np.clip(y - rng.integers(0, p), 0, h - p))
+        x0 = int(np.clip(x - rng.integers(0, p), 0, w - p))
+        return i, y0, x0
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         import torch

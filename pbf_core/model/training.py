@@ -145,6 +145,7 @@ def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
         cfg.seed,
         types=[s.types for s in train],
         balance_types=cfg.balance_types,
+        hard_negative_fraction=cfg.hard_negative_fraction,
     )
     loader = DataLoader(
         patches,

@@ -7,7 +7,7 @@ import pytest
 
 from pbf_core.config import AugmentConfig
 from pbf_core.data.dataset import Sample, target_of
-from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation
+from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation, hard_negatives
 
 
 def layers(n: int = 3, size: int = 96, channels: int = 3):
@@ -73,6 +73,21 @@ def test_augmentation_keeps_shapes_range_and_binary_masks(channels):
         assert set(np.unique(item["target"].numpy())) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_camera_augmentation_changes_pixels_not_the_target(channels):
+    camera = AugmentConfig(flips=False, affine_p=0, brightness_contrast_p=0, noise_p=0,
+                           blur_p=1, gamma_p=1, compression_p=1, speckle_p=1, illumination_p=1)  # fmt: skip
+    images, targets = layers(n=2, channels=channels)
+    plain = PatchDataset(images, targets, 64, 8, positive_fraction=1.0, seed=3)
+    seen = PatchDataset(images, targets, 64, 8, 1.0, build_augmentation(camera, seed=0), seed=3)
+    for i in range(8):
+        a, b = plain[i], seen[i]
+        assert b["image"].shape == (channels, 64, 64)
+        assert float(b["image"].min()) >= 0 and float(b["image"].max()) <= 1
+        assert not np.allclose(a["image"].numpy(), b["image"].numpy())
+        assert np.array_equal(a["target"].numpy(), b["target"].numpy())
+
+
 def test_balanced_types_place_rare_defects_as_often_as_common_ones():
     image = np.zeros((1, 256, 256), np.float32)
     target = np.zeros((256, 256), bool)
@@ -118,3 +133,28 @@ def test_layer_dataset():
     assert len(ds) == 2 and ds[1]["image"] is images[1]
     with pytest.raises(ValueError):
         LayerDataset(images, targets[:1])
+
+
+def test_hard_negatives_are_defect_like_pixels_away_from_defects():
+    image = np.full((1, 96, 96), 0.5, np.float32)
+    image[0, 40, 10:80] = 1.0  # a bright edge: not a defect
+    target = np.zeros((96, 96), bool)
+    target[70:74, 70:74] = True
+    image[0, 70:74, 70:74] = 0.0  # the real defect
+    idx = hard_negatives(image, target)
+    ys, xs = np.divmod(idx, 96)
+    assert idx.size and np.all(np.abs(ys - 40) <= 3)
+    assert not np.any((ys >= 66) & (ys < 78) & (xs >= 66) & (xs < 78))
+
+
+def test_hard_negative_patches_cover_the_hard_pixels():
+    image = np.full((1, 256, 256), 0.5, np.float32)
+    image[0, 200, 150:240] = 1.0
+    target = np.zeros((256, 256), bool)
+    target[20:23, 20:23] = True
+    ds = PatchDataset([image], [target], 32, 200, positive_fraction=0.0,
+                      hard_negative_fraction=1.0)  # fmt: skip
+    near_edge = sum(bool(ds[i]["image"].numpy().max() == 1.0) for i in range(200))
+    assert near_edge >= 180  # a hard pixel can sit a few px off the edge, at a patch border
+    plain = PatchDataset([image], [target], 32, 200, positive_fraction=0.0)
+    assert sum(bool(plain[i]["image"].numpy().max() == 1.0) for i in range(200)) < 100
