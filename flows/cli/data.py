@@ -64,7 +64,8 @@ def prepare(
     ],
     out: Annotated[Path, typer.Argument(help="Directory for the prepared dataset.")],
     method: Annotated[
-        str | None, typer.Option(help="Weak label method: background (default) or threshold.")
+        str | None,
+        typer.Option(help="Weak label method: background (default), adaptive or threshold."),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML preset: a PrepareConfig or a whole pipeline's.")

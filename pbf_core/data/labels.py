@@ -1,6 +1,6 @@
 """Weak defect labels from classical computer vision, and their quality against true masks.
 
-Two methods turn a normalised layer image into a binary weak label:
+Three methods turn a normalised layer image into a binary weak label:
 
 - ``threshold``: the prototype's rule, kept as the baseline. A pixel is a defect when it is darker
   than a fixed intensity in at least ``min_votes`` lighting angles; a 3×3 opening then closing and
@@ -14,6 +14,12 @@ Two methods turn a normalised layer image into a binary weak label:
   every lighting angle while a shadow or a glint depends on the angle, so enough views must
   agree (a single view must pass higher thresholds instead); the local spread rejects hatch
   texture; a maximum blob area rejects large regions. Windows scale with the image size.
+- ``adaptive``: the background method, with thresholds each image sets from its own statistics:
+  a texture every view sees alike (coarse bright powder grain) passes the fixed thresholds in
+  enough views to be labelled, but it also lifts the image's own score distribution, so every
+  threshold rises with that distribution's 99th percentile (see
+  :class:`~pbf_core.config.AdaptiveLabelConfig`). Under independent noise it labels what
+  ``background`` labels.
 
 Parameters were tuned on synthetic builds (see :class:`~pbf_core.config.BackgroundLabelConfig`);
 ``benchmarks/label_quality.py`` measures both methods on a synthetic build and on real layers.
@@ -185,6 +191,49 @@ def _deviation(
     return out
 
 
+def _view_scores(
+    view: np.ndarray, cfg: BackgroundLabelConfig, sigma: dict[int, float]
+) -> dict[int, np.ndarray]:
+    """Per polarity: how many times over a pixel of one view passes both seed thresholds.
+
+    A score above 1 means ``z > sigma`` and ``contrast > min_contrast``; the bright polarity
+    keeps the better of the plain pass and the pass after the texture median.
+    """
+    passes = [(view, tuple(sigma))]
+    if 1 in sigma and cfg.texture_kernel > 1:
+        passes.append((cv2.medianBlur(view, cfg.texture_kernel), (1,)))
+    out: dict[int, np.ndarray] = {}
+    for img, signs in passes:
+        for s, (contrast, z) in _deviation(img, cfg, signs).items():
+            score = z / sigma[s]
+            if cfg.min_contrast > 0:
+                score = np.minimum(score, contrast / cfg.min_contrast)
+            out[s] = score if s not in out else np.maximum(out[s], score)
+    return out
+
+
+def _agreed(scores: list[np.ndarray], need: int) -> np.ndarray:
+    """The ``need``-th highest score over the views: above t iff ``need`` views pass t."""
+    if len(scores) == 1:
+        return scores[0]
+    stack = np.stack(scores)
+    return np.partition(stack, len(scores) - need, axis=0)[len(scores) - need]
+
+
+def _adaptation(agreed: np.ndarray, cfg: BackgroundLabelConfig) -> float:
+    """How much this image raises its thresholds: 1, or more where its own tail is heavy.
+
+    Under independent noise the agreed score's ``tail_quantile`` stays near a fixed value; a
+    texture every view sees alike (coarse bright powder grain) lifts the whole tail, and the
+    thresholds rise with it instead of labelling the grain.
+    """
+    if not cfg.tail_quantile:
+        return 1.0
+    sample = agreed[::2, ::2].ravel()
+    k = int(cfg.tail_quantile * (sample.size - 1))
+    return max(1.0, cfg.tail_gain * float(np.partition(sample, k)[k]))
+
+
 def background_labels(image: np.ndarray, cfg: BackgroundLabelConfig) -> np.ndarray:
     """Local-background deviation, dark and bright, agreeing across views.
 
@@ -217,24 +266,12 @@ def background_labels(image: np.ndarray, cfg: BackgroundLabelConfig) -> np.ndarr
     boost = cfg.single_view_sigma_boost if need == 1 else 0.0
     sigma = {-1: cfg.dark_sigma + boost, 1: cfg.bright_sigma + boost}
     polarities = (-1, 1) if cfg.detect_bright else (-1,)
-    seeds = {s: np.zeros((h, w), np.uint8) for s in polarities}
-    grows = {s: np.zeros((h, w), np.uint8) for s in polarities}
-    for view in x:
-        passes = [(view, polarities)]
-        if cfg.detect_bright and cfg.texture_kernel > 1:
-            passes.append((cv2.medianBlur(view, cfg.texture_kernel), (1,)))
-        seed = {s: np.zeros((h, w), bool) for s in polarities}
-        grow = {s: np.zeros((h, w), bool) for s in polarities}
-        for img, signs in passes:
-            for s, (contrast, z) in _deviation(img, cfg, signs).items():
-                seed[s] |= (z > sigma[s]) & (contrast > cfg.min_contrast)
-                grow[s] |= (z > g * sigma[s]) & (contrast > g * cfg.min_contrast)
-        for s in polarities:
-            seeds[s] += seed[s]
-            grows[s] += grow[s]
+    per_view = [_view_scores(view, cfg, {s: sigma[s] for s in polarities}) for view in x]
     mask = np.zeros((h, w), bool)
     for s in polarities:
-        mask |= _grow(seeds[s] >= need, grows[s] >= need)
+        agreed = _agreed([v[s] for v in per_view], need)
+        a = _adaptation(agreed, cfg)
+        mask |= _grow(agreed > a, agreed > g * a)
     max_area = max(cfg.min_area, int(cfg.max_area_fraction * h * w))
     return _drop_rings(_filter_components(mask, cfg.min_area, max_area), cfg.max_hole_fraction)
 
@@ -243,6 +280,7 @@ def background_labels(image: np.ndarray, cfg: BackgroundLabelConfig) -> np.ndarr
 METHODS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {
     "threshold": threshold_labels,
     "background": background_labels,
+    "adaptive": background_labels,  # with AdaptiveLabelConfig's per-image thresholds
 }
 
 

@@ -14,7 +14,7 @@ from pbf_core.data.labels import METHODS, background_labels, synthesize_labels, 
 from pbf_core.evaluation.metrics import QUALITY_COUNTS, instance_counts, instance_metrics
 
 SIZE = 64
-BOTH = ["threshold", "background"]
+BOTH = ["threshold", "background", "adaptive"]
 
 
 def bed(channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -29,7 +29,7 @@ PX = BackgroundLabelConfig(reference_size=None)
 
 
 def label(method: str, image: np.ndarray, **overrides: object) -> np.ndarray:
-    defaults = {"reference_size": None} if method == "background" else {}
+    defaults = {"reference_size": None} if method != "threshold" else {}
     sub = type(getattr(LabelConfig(), method))(**{**defaults, **overrides})
     return synthesize_labels(image, LabelConfig(method=method, **{method: sub}))
 
@@ -146,12 +146,39 @@ def test_images_smaller_than_the_windows_work(method: str, shape: tuple[int, int
 
 
 def test_methods_registry_matches_config_names() -> None:
-    assert set(METHODS) == {"threshold", "background"}
+    assert set(METHODS) == {"threshold", "background", "adaptive"}
     image = bed(3)
     image[(slice(None), *square(30, 20, 4))] = 0.02
     for name, fn in METHODS.items():
         cfg = LabelConfig(method=name)
         np.testing.assert_array_equal(synthesize_labels(image, cfg), fn(image, getattr(cfg, name)))
+
+
+def grainy_bed(seed: int = 0, size: int = 160) -> np.ndarray:
+    """A bed whose coarse, heavy-tailed grain every view sees alike, plus independent noise."""
+    rng = np.random.default_rng(seed)
+    grain = cv2.GaussianBlur(rng.standard_t(3, (size, size)).astype(np.float32), (0, 0), 1.2)
+    views = 0.5 + 0.03 * grain + rng.normal(0.0, 0.004, (3, size, size))
+    return np.clip(views, 0.0, 1.0).astype(np.float32)
+
+
+def test_adaptive_equals_background_under_independent_noise() -> None:
+    image = bed(3, seed=3)
+    image[(slice(None), *square(30, 20, 4))] = 0.3
+    fixed, adaptive = label("background", image), label("adaptive", image)
+    assert fixed[square(30, 20, 4)].all()
+    np.testing.assert_array_equal(adaptive, fixed)
+
+
+def test_adaptive_raises_thresholds_on_grain_every_view_shares() -> None:
+    image = grainy_bed()
+    image[(slice(None), *square(80, 80, 5))] -= 0.25
+    fixed, adaptive = label("background", image), label("adaptive", image)
+    blobs_fixed, blobs_adaptive = (
+        cv2.connectedComponents(m.astype(np.uint8))[0] - 1 for m in (fixed, adaptive)
+    )
+    assert adaptive[square(80, 80, 5)].all()  # the hole is still found
+    assert blobs_fixed >= 5 and blobs_adaptive <= blobs_fixed // 3
 
 
 @pytest.mark.parametrize("method", BOTH)
