@@ -86,6 +86,11 @@ class BudgetClock:
 
     ``last_eval_s`` (how long the last validation took) is kept free at the end of an epoch, so
     the validation of a cut-short epoch still fits the budget.
+
+    The budget is a cap: the learning-rate schedule runs over the steps, so the same command
+    trains the same model on a quiet or a busy machine, unless an epoch ends behind the pace
+    that fits every step into the budget; from then on (``paced``) the schedule follows the
+    clock too, so a run the budget cuts still anneals.
     """
 
     budget_s: float
@@ -93,6 +98,7 @@ class BudgetClock:
     start: float
     callback_s: float = 0.0
     last_eval_s: float = 0.0
+    paced: bool = False
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> BudgetClock:
@@ -105,6 +111,14 @@ class BudgetClock:
 
     def fraction(self) -> float:
         return self.elapsed() / self.budget_s
+
+    def schedule_progress(self, steps: float) -> float:
+        """Where the schedule stands after the fraction ``steps`` of all steps."""
+        return max(steps, self.fraction()) if self.paced else steps
+
+    def check_pace(self, steps: float) -> None:
+        """After an epoch: follow the clock from now on if the steps will not fit the budget."""
+        self.paced = self.paced or self.fraction() > steps
 
     def no_time_for_a_step(self) -> bool:
         return self.elapsed() + self.last_eval_s >= self.budget_s
@@ -202,7 +216,7 @@ def _train_epoch(
             batches = iter(loader)
             batch = next(batches)
         done = epoch * cfg.steps_per_epoch + len(losses)
-        lr = cfg.lr * lr_factor(max(done / total, clock.fraction()), cfg.schedule)
+        lr = cfg.lr * lr_factor(clock.schedule_progress(done / total), cfg.schedule)
         losses.append(train_step(run, batch, lr))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -221,7 +235,8 @@ def fit(
     """Train ``model`` in place; at the end it holds the weights of the best validation epoch.
 
     Each epoch runs ``cfg.steps_per_epoch`` optimizer steps (AdamW, one-cycle or cosine
-    schedule over all steps or over ``cfg.max_minutes``, whichever ends first), then predicts
+    schedule over all steps; over ``cfg.max_minutes`` once an epoch ends behind the pace that
+    fits all steps into it, see :class:`BudgetClock`), then predicts
     every validation layer whole (tiled, as inference does) and scores the
     best-over-thresholds pixel Dice. Training stops after ``cfg.epochs``,
     after ``cfg.patience`` epochs without improvement, or when ``cfg.max_minutes`` is spent on
@@ -299,6 +314,7 @@ def _fit(
         if stale >= cfg.patience:
             history.stopped = "early_stopping"
             break
+        clock.check_pace((epoch + 1) / cfg.epochs)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format).eval()

@@ -16,7 +16,7 @@ from pbf_core.deploy.inference import Segmenter
 from pbf_core.model.checkpoints import load_checkpoint
 from pbf_core.model.devices import DeviceError, resolve_device, resolve_precision
 from pbf_core.model.factory import create_model
-from pbf_core.model.loop import fit
+from pbf_core.model.loop import BudgetClock, fit
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import LayerDataset, PatchDataset
 from pbf_core.model.training import TrainedModel, train_model
@@ -124,6 +124,19 @@ def test_fit_stops_on_time_budget(clock):
     assert len(history.epochs) <= 1
 
 
+def test_time_budget_is_a_cap_until_an_epoch_falls_behind():
+    now = [0.0]
+    clock = BudgetClock(100.0, lambda: now[0], 0.0)
+    now[0] = 10.0
+    assert clock.schedule_progress(0.05) == 0.05  # the steps set the schedule, not the clock
+    clock.check_pace(0.2)  # 10 % of the budget after 20 % of the steps: on pace
+    assert not clock.paced and clock.schedule_progress(0.3) == 0.3
+    now[0] = 50.0
+    clock.check_pace(0.4)  # 50 % after 40 %: the budget will end the run, follow the clock
+    assert clock.paced and clock.schedule_progress(0.45) == 0.5
+    assert clock.schedule_progress(0.9) == 0.9
+
+
 def test_fit_refuses_absent_device():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
@@ -176,6 +189,26 @@ def test_train_step_writes_a_usable_checkpoint(prepared_synthetic, tmp_path, lab
     assert loaded.evaluation.to_dict() == result.evaluation.to_dict()
     seg = Segmenter.from_checkpoint(result.checkpoint)
     assert seg.predict_proba(np.zeros((3, 96, 96), np.float32)).shape == (96, 96)
+
+
+@pytest.mark.slow
+def test_epoch_stop_rule_gives_the_same_model_twice(prepared_synthetic, tmp_path):
+    """The stop rule is the epoch count (the time budget only a cap), so the same command on
+    the same machine gives the same weights, threshold and scores, load or no load; with the
+    camera augmentation and hard-negative patches of ``make run`` on."""
+    augment = dict(blur_p=0.5, gamma_p=0.5, compression_p=0.5, speckle_p=0.5, illumination_p=0.5)
+    cfg = TrainConfig(
+        **{**TINY, "epochs": 3}, labels="truth", max_minutes=30, hard_negative_fraction=0.5,
+        augment=augment,
+    )  # fmt: skip
+    dataset = split_dataset(open_dataset(prepared_synthetic), cfg)
+    runs = [train_model(dataset, cfg, tmp_path / str(i), progress=False) for i in range(2)]
+    assert [r.history.stopped for r in runs] == ["completed", "completed"]
+    weights = [load_checkpoint(r.checkpoint)[0].state_dict() for r in runs]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=0, atol=0, msg=name)
+    assert runs[0].spec.threshold == runs[1].spec.threshold
+    assert runs[0].evaluation.to_dict() == runs[1].evaluation.to_dict()
 
 
 def test_train_step_refuses_non_dataset(tmp_path):
