@@ -78,6 +78,7 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # 
     try:
         trained = model.train(dataset, config.train, run, str(out / "model"))
         evaluation = model.evaluate(trained, dataset, run, str(out / "evaluation"))
+        held_out = model.held_out(trained, config.held_out, run)
         exported = model.export(trained, str(out / "onnx" / "model.fp32.onnx"))
         quantized = model.quantize(exported, dataset, config.quantize, run, str(out / "onnx"))
         bench = model.benchmark(trained, quantized, config.benchmark, run, str(out / "benchmark"))
@@ -99,6 +100,7 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # 
         champion_version=registry.champion_version(),
         bento_model=bento,
         evaluation=evaluation,
+        held_out=held_out,
         training=trained.history.summary(),
         speedup=bench.speedups(bench.result("onnx-int8")),
         parity=quantized.int8_parity,

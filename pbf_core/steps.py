@@ -14,6 +14,7 @@ write the dataset          :func:`write_dataset`        ``PreparedDataset``    `
 split                      :func:`split_dataset`        ``PreparedDataset``    ``data/split.py``
 train                      :func:`train_model`          ``TrainedModel``       ``model/training.py``
 evaluate (any model file)  :func:`evaluate_model`       ``Evaluation``         ``evaluation/scores.py``
+held-out style check       :func:`evaluate_held_out`    ``HeldOutScores``      ``evaluation/held_out.py``
 export                     :func:`export_model`         ``ExportedModel``      ``deploy/export.py``
 quantize + parity gate     :func:`quantize_model`       ``QuantizedModel``     ``deploy/quantization.py``
 benchmark                  :func:`benchmark_model`      ``BenchmarkReport``    ``bench/runner.py``
@@ -43,6 +44,7 @@ from pbf_core.data.split import Split, split_dataset
 from pbf_core.data.synthetic import generate_build
 from pbf_core.deploy.export import ExportedModel, export_model
 from pbf_core.deploy.quantization import QuantizedModel, quantize_model
+from pbf_core.evaluation.held_out import HeldOutScores, evaluate_held_out
 from pbf_core.evaluation.promotion import Champion, Decision, decide_promotion
 from pbf_core.evaluation.scores import Evaluation, evaluate_model
 from pbf_core.model.training import TrainedModel, train_model
@@ -54,6 +56,7 @@ __all__ = [
     "DiscoveredLayers",
     "Evaluation",
     "ExportedModel",
+    "HeldOutScores",
     "LayerOutcome",
     "PreparedDataset",
     "QuantizedModel",
@@ -62,6 +65,7 @@ __all__ = [
     "benchmark_model",
     "decide_promotion",
     "discover_layers",
+    "evaluate_held_out",
     "evaluate_model",
     "export_model",
     "generate_build",

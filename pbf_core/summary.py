@@ -11,6 +11,7 @@ from typing import Any
 
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.deploy.parity import Parity
+from pbf_core.evaluation.held_out import HeldOutScores
 from pbf_core.evaluation.promotion import Decision
 from pbf_core.evaluation.scores import HEADLINE, Evaluation
 
@@ -48,6 +49,7 @@ class RunSummary:
         champion_version: the int8 version the ``champion`` alias points at after the run.
         bento_model: the BentoML model tag packaged for serving (None: not promoted).
         evaluation: the candidate on the evaluation layers.
+        held_out: the candidate on a style family no training build used (None: check off).
         training: the fit's summary (device, precision, epochs, stop reason, seconds).
         speedup: int8 ONNX latency speed-up over PyTorch fp32 per input side.
         parity: the int8 variant's parity gate.
@@ -62,6 +64,7 @@ class RunSummary:
     champion_version: str | None
     bento_model: str | None
     evaluation: Evaluation
+    held_out: HeldOutScores | None
     training: dict[str, Any]
     speedup: dict[str, float]
     parity: Parity
@@ -119,5 +122,19 @@ def summary_markdown(summary: RunSummary) -> str:
         f"Candidate on {summary.evaluation.layers} held-out layers:",
         "",
         *_scores_table(summary),
+        *_held_out_lines(summary.held_out),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _held_out_lines(held_out: HeldOutScores | None) -> list[str]:
+    if held_out is None:
+        return []
+    s = held_out.scores
+    return [
+        "",
+        f"Candidate on {held_out.layers} layers of the held-out `{held_out.style}` style "
+        f"(never trained on; {held_out.size}², seed {held_out.seed}): Dice {s['dice']:.3f}, "
+        f"precision {s['precision']:.3f}, recall {s['recall']:.3f}, instance recall "
+        f"{s['instance_recall']:.3f}, {s['false_components']:.2f} false components / layer",
+    ]

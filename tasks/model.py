@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pbf_core import steps
-from pbf_core.config import BenchmarkConfig, QuantizeConfig, TrainConfig
+from pbf_core.config import BenchmarkConfig, HeldOutConfig, QuantizeConfig, TrainConfig
 from pbf_core.summary import TrackingRun
 from tasks.tracking import runs
 
@@ -38,6 +38,18 @@ def evaluate(
     evaluation = steps.evaluate_model(trained.checkpoint, dataset, out=out, device=device)
     runs.log_artifacts(run.run_id, out, "evaluation", evaluation.metrics())
     return evaluation
+
+
+@task(name="held-out-style", cache_policy=NO_CACHE)
+def held_out(
+    trained: steps.TrainedModel, cfg: HeldOutConfig, run: TrackingRun
+) -> steps.HeldOutScores | None:
+    """Score the candidate on a style family no training build used; log the scores."""
+    if cfg.layers < 1:
+        return None
+    scores = steps.evaluate_held_out(trained.checkpoint, cfg, device=trained.history.device)
+    runs.log_metrics(run.run_id, scores.metrics())
+    return scores
 
 
 @task(name="export-onnx", retries=1, cache_policy=NO_CACHE)

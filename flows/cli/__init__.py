@@ -24,6 +24,7 @@ COMMANDS = {
     "prepare": data.prepare,
     "train": model.train,
     "evaluate": model.evaluate,
+    "held-out": model.held_out,
     "predict": model.predict,
     "quantize": model.quantize,
     "benchmark": model.benchmark,

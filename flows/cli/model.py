@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -90,6 +91,29 @@ def evaluate(
     with progress_bar("evaluating layers"):
         result = evaluate_model(model, dataset, ids, out=report, threshold=threshold, device=device)
     out_console.print_json(json.dumps(result.to_dict()))
+
+
+def held_out(
+    model: Annotated[Path, typer.Argument(help="model.safetensors (or .onnx with pbf metadata).")],
+    style: Annotated[
+        str | None, typer.Option(help="Style family to render (default foundry: held out).")
+    ] = None,
+    layers: Annotated[int | None, typer.Option(min=1, help="Layers to render.")] = None,
+    size: Annotated[int | None, typer.Option(help="Layer side (px).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (not a training build's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or mps.")] = "cpu",
+    config: ConfigOption = None,
+) -> None:
+    """Score a model on fresh layers of a style family it never saw (JSON on stdout)."""
+    from pbf_core.config import HeldOutConfig, load_config
+    from pbf_core.steps import evaluate_held_out
+
+    cfg = load_config(config, HeldOutConfig, style=style, layers=layers, size=size, seed=seed)
+    if cfg.layers < 1:
+        raise typer.BadParameter("held_out.layers is 0: nothing to score", param_hint="--layers")
+    console.print(f"rendering {cfg.layers} {cfg.style} layers of {cfg.size}² (seed {cfg.seed}) ...")
+    result = evaluate_held_out(model, cfg, device=device)
+    out_console.print_json(json.dumps(asdict(result)))
 
 
 def predict(

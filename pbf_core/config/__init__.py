@@ -7,6 +7,7 @@ touches the disk or the environment at import time: call :func:`load_config` and
 """
 
 from pbf_core.config.data import (
+    AdaptiveLabelConfig,
     BackgroundLabelConfig,
     FilterConfig,
     LabelConfig,
@@ -16,7 +17,7 @@ from pbf_core.config.data import (
     ThresholdLabelConfig,
 )
 from pbf_core.config.deploy import BenchmarkConfig, PromotionConfig, QuantizeConfig
-from pbf_core.config.model import AugmentConfig, ModelConfig, TrainConfig
+from pbf_core.config.model import AugmentConfig, HeldOutConfig, ModelConfig, TrainConfig
 from pbf_core.config.pipeline import (
     ConfigError,
     DataConfig,
@@ -27,12 +28,14 @@ from pbf_core.config.pipeline import (
 )
 
 __all__ = [
+    "AdaptiveLabelConfig",
     "AugmentConfig",
     "BackgroundLabelConfig",
     "BenchmarkConfig",
     "ConfigError",
     "DataConfig",
     "FilterConfig",
+    "HeldOutConfig",
     "LabelConfig",
     "ModelConfig",
     "PipelineConfig",

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pbf_core.config.base import Frozen
+from pbf_core.config.data import SynthStyle
 
 
 class ModelConfig(Frozen):
@@ -135,3 +136,16 @@ class TrainConfig(Frozen):
                 f"tile_overlap must be below half the tile ({self.tile_size}), got {self.tile_overlap}"
             )
         return self
+
+
+class HeldOutConfig(Frozen):
+    """A synthetic style family no training preset draws from, rendered fresh to score a model.
+
+    The pipeline scores every candidate on it after training (logged to its MLflow run), so a
+    model that only learned the look of its training build shows it.
+    """
+
+    style: SynthStyle = Field("foundry", description="style family of the held-out layers")
+    layers: int = Field(8, ge=0, le=1000, description="layers rendered (0 = skip the check)")
+    size: int = Field(512, ge=64, le=4096, description="layer side (px)")
+    seed: int = Field(1000, description="another seed than any training build's")

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pbf_core.config.base import Frozen
 from pbf_core.config.data import PrepareConfig, SynthConfig
 from pbf_core.config.deploy import BenchmarkConfig, PromotionConfig, QuantizeConfig
-from pbf_core.config.model import TrainConfig
+from pbf_core.config.model import HeldOutConfig, TrainConfig
 from pbf_core.errors import PbfError
 
 
@@ -55,6 +55,7 @@ class PipelineConfig(Frozen):
     data: DataConfig = DataConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
+    held_out: HeldOutConfig = HeldOutConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     promotion: PromotionConfig = PromotionConfig()

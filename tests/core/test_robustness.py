@@ -63,3 +63,50 @@ def test_a_model_segments_raw_triplets(layers):
     segmenter = Segmenter(lambda batch: (batch.mean(axis=1) < 0.2).astype(np.float32), spec)
     mask = model_masks(segmenter)(layers[0].views)
     assert mask.shape == layers[0].truth.shape and mask.dtype == bool
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import create_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        tile_size=64, tile_overlap=8, decoder_channels=(16, 16, 8, 8, 8), threshold=0.3
+    )
+    model = create_model(decoder_channels=spec.decoder_channels)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.safetensors", model, spec)
+
+
+def test_held_out_check_scores_a_model_file_on_the_held_out_style(tiny_checkpoint):
+    from pbf_core.config import HeldOutConfig
+    from pbf_core.evaluation.held_out import HELD_OUT_KEYS, evaluate_held_out
+
+    cfg = HeldOutConfig(layers=2, size=64, seed=11)
+    result = evaluate_held_out(tiny_checkpoint, cfg)
+    assert (result.style, result.layers, result.threshold) == ("foundry", 2, 0.3)
+    layers = held_out_layers("foundry", 2, 64, seed=11)
+    segmenter = Segmenter.from_checkpoint(tiny_checkpoint)
+    assert result.scores == score_layers(model_masks(segmenter), layers)
+    assert tuple(result.scores) == HELD_OUT_KEYS
+    assert set(result.metrics()) == {f"held_out_foundry_{k}" for k in HELD_OUT_KEYS}
+    with pytest.raises(ValueError, match="off"):
+        evaluate_held_out(tiny_checkpoint, HeldOutConfig(layers=0))
+
+
+def test_held_out_command_prints_the_scores(tiny_checkpoint):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    args = ["held-out", str(tiny_checkpoint), "--style", "bright", "--layers", "1", "--size", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["style"] == "bright" and out["layers"] == 1 and 0 <= out["scores"]["dice"] <= 1
+    bad = CliRunner().invoke(app, ["held-out", str(tiny_checkpoint), "--style", "nope"])
+    assert bad.exit_code == 2 and "style" in bad.output

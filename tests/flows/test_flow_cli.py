@@ -15,6 +15,7 @@ from flows.cli.pipeline import load_pipeline_config, print_summary
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.data.split import Split
 from pbf_core.deploy.parity import Parity
+from pbf_core.evaluation.held_out import HeldOutScores
 from pbf_core.evaluation.promotion import Decision
 from pbf_core.evaluation.scores import Evaluation, LabelScores
 from pbf_core.summary import RegisteredVersions, RunSummary, TrackingRun, summary_markdown
@@ -28,6 +29,8 @@ def _scores(dice: float) -> LabelScores:
     return LabelScores(6, 0.4, pixel, pixel, instance, 0.9, 0.92, 0.4, 0.3)
 
 
+HELD_OUT = {"dice": 0.612, "precision": 0.55, "recall": 0.7, "instance_recall": 0.8}
+HELD_OUT["false_components"] = 3.25
 SPLIT = Split(("a", "b"), ("c",), tuple(f"t{i}" for i in range(6)), "truth", 0, True, "e" * 64)
 SUMMARY = RunSummary(
     dataset=PreparedDataset("synthetic", Path("/d"), "d" * 64, ("a", "b", "c"), 40, split=SPLIT),
@@ -38,6 +41,7 @@ SUMMARY = RunSummary(
     champion_version="2",
     bento_model=None,
     evaluation=Evaluation(0.4, 6, _scores(0.91), _scores(0.85)),
+    held_out=HeldOutScores("foundry", 8, 512, 1000, 0.4, HELD_OUT),
     training={"seconds": 300.0, "device": "cpu", "precision": "bfloat16", "stopped": "time_budget"},
     speedup={"320": 4.2, "512": 4.5},
     parity=Parity("onnx-int8", "truth", 6, 0.996, 0.99, 0.997, 0.99, 0.99, 0.98, 0.01, 0.01, True),
@@ -97,6 +101,9 @@ def test_summary_markdown_is_the_one_formatting():
     assert "(6 test layers)" in text and "300 s on cpu (bfloat16), stopped: time_budget" in text
     assert "| true masks | 0.910 |" in text and "| weak labels | 0.850 |" in text
     assert "Dice 0.9960 against the truth masks (fp32 0.9970, loss +0.0010" in text
+    assert "held-out `foundry` style" in text and "Dice 0.612" in text
+    assert "3.25 false components / layer" in text
+    assert "foundry" not in summary_markdown(replace(SUMMARY, held_out=None))
 
 
 def test_serve_flow_refuses_without_a_prefect_server(monkeypatch):
