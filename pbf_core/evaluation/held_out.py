@@ -45,8 +45,8 @@ class HeldOutScores:
     scores: dict[str, float]
 
     def metrics(self) -> dict[str, float]:
-        """MLflow metric names: ``held_out_<style>_<score>``."""
-        return {f"held_out_{self.style}_{k}": float(v) for k, v in self.scores.items()}
+        """MLflow metric names: ``held_out/<style>/<score>``."""
+        return {f"held_out/{self.style}/{k}": float(v) for k, v in self.scores.items()}
 
 
 def evaluate_held_out(model: str | Path, cfg: HeldOutConfig, device: str = "cpu") -> HeldOutScores:

@@ -91,7 +91,7 @@ def test_held_out_check_scores_a_model_file_on_the_held_out_style(tiny_checkpoin
     segmenter = Segmenter.from_checkpoint(tiny_checkpoint)
     assert result.scores == score_layers(model_masks(segmenter), layers)
     assert tuple(result.scores) == HELD_OUT_KEYS
-    assert set(result.metrics()) == {f"held_out_foundry_{k}" for k in HELD_OUT_KEYS}
+    assert set(result.metrics()) == {f"held_out/foundry/{k}" for k in HELD_OUT_KEYS}
     with pytest.raises(ValueError, match="off"):
         evaluate_held_out(tiny_checkpoint, HeldOutConfig(layers=0))
 

@@ -69,6 +69,9 @@ def test_run_has_metrics_artifacts_and_decision(summary):
     assert any(k.startswith("system/") for k in metrics)
     assert any(k.startswith("bench/onnx-int8/speedup_") for k in metrics)
     assert "parity/onnx-int8/agreement_dice" in metrics
+    held_out = summary.held_out  # the tiny preset's 2 layers of the held-out style
+    assert (held_out.style, held_out.layers) == ("foundry", 2)
+    assert metrics["held_out/foundry/dice"] == pytest.approx(held_out.scores["dice"])
     assert run.data.tags["pbf.promotion"] == "champion"
 
     def listing(path: str) -> set[str]:
