@@ -11,6 +11,11 @@ and ``.md``::
 The int8 file is taken from ``--int8`` or the run's ``onnx/model.int8.onnx`` beside the model;
 the fp32 model runs as the ``model.fp32.onnx`` beside it when there is one (the same model as the
 checkpoint, checked at export, and faster).
+
+``--run RUN_ID`` scores that pipeline run's model (``$PBF_STATE_DIR/runs/<run>/model/``) and logs
+the results to its MLflow run: ``robustness/<method>/<condition>/<score>`` for the clean layers
+and every style, ``robustness/<method>/<corruption>/relative_dice_s1_3`` (and ``_s1_5``,
+``worst_false_components_s1_3``) per corruption, plus both files as artifacts.
 """
 
 from __future__ import annotations
@@ -45,6 +50,32 @@ def methods(args: argparse.Namespace) -> dict:
     return out
 
 
+def mlflow_metrics(result: dict) -> dict[str, float]:
+    """The result as flat MLflow metrics (names: letters, digits, ``_-./`` only)."""
+    out = {}
+    for r in result["rows"]:
+        if r["severity"] == 0:
+            condition = r["condition"].replace(":", "/")
+            for k in METRICS:
+                out[f"robustness/{r['method']}/{condition}/{k}"] = r[k]
+    for top in (3, 5):
+        for method, per in result[f"relative_severity_1_{top}"].items():
+            for corruption, v in per.items():
+                key = f"robustness/{method}/{corruption}"
+                out[f"{key}/relative_dice_s1_{top}"] = v["relative_dice"]
+                out[f"{key}/worst_false_components_s1_{top}"] = v["worst_false_components"]
+    return out
+
+
+def log_to_run(run_id: str, result: dict, files: list[Path]) -> None:
+    from tasks.tracking.runs import log_metrics
+    from tasks.tracking.store import client
+
+    log_metrics(run_id, mlflow_metrics(result))
+    for f in files:
+        client().log_artifact(run_id, str(f), "robustness")
+
+
 def main() -> int:
     from pbf_core.evaluation.corruptions import CORRUPTIONS
     from pbf_core.evaluation.robustness import held_out_layers, relative_to_clean, robustness_scores
@@ -61,7 +92,13 @@ def main() -> int:
     )
     ap.add_argument("--corruptions", nargs="*", default=list(CORRUPTIONS))
     ap.add_argument("--name", default="robustness")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the two files")
+    ap.add_argument("--run", help="pipeline run id: score its model, log the results to it")
     args = ap.parse_args()
+    if args.run and args.model is None:
+        from pbf_core.config import Settings
+
+        args.model = Settings().state_dir / "runs" / args.run / "model" / "model.safetensors"
 
     started = time.perf_counter()
     clean = held_out_layers("classic", args.layers, args.size, args.seed)
@@ -83,10 +120,13 @@ def main() -> int:
         "relative_severity_1_3": relative_to_clean(rows, 3),
         "relative_severity_1_5": relative_to_clean(rows, 5),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
+    if args.run:
+        log_to_run(args.run, result, [args.out / f"{args.name}.{ext}" for ext in ("json", "md")])
+        print(f"logged to MLflow run {args.run}")
     return 0
 
 

@@ -155,3 +155,25 @@ def test_per_layer_map_runs_on_the_configured_task_runner(
     assert [o.layer_id for o in outcomes] == [r.layer_id for r in found.source.records]
     kept = [o for o in outcomes if o.entry is not None]
     assert kept and all((Path(out) / o.entry.image).is_file() for o in kept)
+
+
+def test_robustness_benchmark_logs_to_the_run_it_scores(summary, state_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tasks.tracking.store import client
+
+    args = ["--run", summary.run.run_id, "--layers", "1", "--size", "96", "--styles", "foundry",
+            "--corruptions", "jpeg", "--weak", "adaptive", "--out", str(tmp_path)]  # fmt: skip
+    script = REPO / "benchmarks" / "robustness.py"
+    subprocess.run([sys.executable, str(script), *args], check=True, cwd=REPO, timeout=600)
+    result = json.loads((tmp_path / "robustness.json").read_text())
+    assert {r["method"] for r in result["rows"]} == {"model-fp32", "model-int8", "weak-adaptive"}
+    metrics = client().get_run(summary.run.run_id).data.metrics
+    fp32 = next(r for r in result["rows"] if r["method"] == "model-fp32")
+    assert metrics["robustness/model-fp32/clean/dice"] == pytest.approx(fp32["dice"])
+    assert "robustness/model-int8/style/foundry/false_components" in metrics
+    assert "robustness/weak-adaptive/jpeg/relative_dice_s1_3" in metrics
+    listed = {Path(a.path).name for a in client().list_artifacts(summary.run.run_id, "robustness")}
+    assert listed == {"robustness.json", "robustness.md"}
