@@ -34,7 +34,7 @@ def test_prepared_layout_and_report(synthetic_build, prepared_synthetic):
     assert sample.truth is not None and sample.types is not None
     assert ((sample.types > 0) == sample.truth).all()
     quality = report["label_quality"]
-    assert set(quality) == {"threshold", "background"}
+    assert set(quality) == {"threshold", "background", "adaptive"}
     for q in quality.values():
         assert 0.0 <= q["iou"] <= 1.0 and 0.0 <= q["instance_recall"] <= 1.0
 
