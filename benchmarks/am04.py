@@ -27,6 +27,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Thresholds scanned for the instance operating point.
+PARTS = ("train", "val", "test")
 SCAN = np.round(np.concatenate([np.linspace(0.05, 0.9, 18), [0.95, 0.98, 0.99]]), 3)
 
 
@@ -163,11 +164,11 @@ def main() -> int:
 
 
 def _markdown(r: dict) -> str:
-    m = r["model_at_val_max_dice_threshold"]
+    m, split = r["model_at_val_max_dice_threshold"], r["split"]
     lines = [
         "# am04: supervised U-Net vs weak-label baselines (held-out test images)",
         "",
-        f"Split by image: {', '.join(f'{k} {len(v)}' for k, v in r['split'].items())}; trained "
+        f"Split by image: {', '.join(f'{k} {len(split[k])}' for k in PARTS)}; trained "
         f"{r['train_s']} s on {r['device']} {r['precision']} ({r['epochs']} epochs, best "
         f"{r['best_epoch']}, {r['stopped']}).",
         "",
