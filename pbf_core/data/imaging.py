@@ -280,3 +280,15 @@ def read_raw_labels(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     if arr.ndim != 2 or arr.dtype != np.uint8:
         raise ImageReadError(path, f"label map must be 8-bit grey, got {arr.shape} {arr.dtype}")
     return arr
+
+
+def jpeg_round_trip(views: np.ndarray, quality: int) -> np.ndarray:
+    """Each ``(H, W)`` uint16 view of ``(C, H, W)`` through 8-bit JPEG at ``quality`` and back."""
+    out = np.empty_like(views)
+    for i, view in enumerate(views):
+        eight = np.rint(view / 257.0).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", eight, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        out[i] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 257
+    return out

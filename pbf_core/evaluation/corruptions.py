@@ -16,6 +16,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from pbf_core.data.imaging import jpeg_round_trip
+
 FULL_SCALE = 65_535.0
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
@@ -91,14 +93,7 @@ def _gamma(views: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _jpeg(views: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
-    out = np.empty_like(views)
-    for i, view in enumerate(views):
-        eight = np.rint(view / 257.0).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", eight, [cv2.IMWRITE_JPEG_QUALITY, int(p)])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        out[i] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 257
-    return out
+    return jpeg_round_trip(views, int(p))
 
 
 def _illumination(views: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:

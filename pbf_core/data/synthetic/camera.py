@@ -14,6 +14,7 @@ import math
 import cv2
 import numpy as np
 
+from pbf_core.data.imaging import jpeg_round_trip
 from pbf_core.data.synthetic.fields import _smooth_noise
 from pbf_core.data.synthetic.specs import _FULL_SCALE
 from pbf_core.data.synthetic.styles import Look
@@ -100,18 +101,6 @@ def _quantise(counts: np.ndarray, look: Look) -> np.ndarray:
     return counts.astype(np.float32)
 
 
-def _jpeg(views: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG round trip of each ``(H, W)`` uint16 view through 8 bits."""
-    out = np.empty_like(views)
-    for i, view in enumerate(views):
-        eight = np.rint(view / 257.0).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", eight, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        out[i] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 257
-    return out
-
-
 def camera_effects(rng: np.random.Generator, views: np.ndarray, look: Look) -> np.ndarray:
     """The camera of ``look`` on ``(3, H, W)`` uint16 sensor counts; returns uint16."""
     counts = views.astype(np.float32)
@@ -127,4 +116,4 @@ def camera_effects(rng: np.random.Generator, views: np.ndarray, look: Look) -> n
         counts[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0.0, _FULL_SCALE)
     counts = _quantise(counts, look)
     out = np.clip(np.rint(counts), 0, _FULL_SCALE).astype(np.uint16)
-    return _jpeg(out, look.jpeg_quality) if look.jpeg_quality else out
+    return jpeg_round_trip(out, look.jpeg_quality) if look.jpeg_quality else out
