@@ -31,7 +31,7 @@ PARTS = ("train", "val", "test")
 SCAN = np.round(np.concatenate([np.linspace(0.05, 0.9, 18), [0.95, 0.98, 0.99]]), 3)
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="prepared am04 dataset")
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget")
@@ -51,21 +51,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, help="split and training seed (default: the preset's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--name", default=None, help="result file stem")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from pbf_core.config import LabelConfig, TrainConfig, load_config
+
+def _train(args: argparse.Namespace):
+    """Split, train within the budget, calibrate: (cfg, dataset, setup, history, wall s, eval)."""
+    from pbf_core.config import TrainConfig, load_config
     from pbf_core.data.dataset import open_dataset
-    from pbf_core.data.labels import METHODS, synthesize_labels
     from pbf_core.data.split import split_dataset
-    from pbf_core.deploy.inference import Segmenter
-    from pbf_core.evaluation.metrics import (
-        instance_counts,
-        instance_curve,
-        instance_metrics,
-        type_recall,
-        type_recall_counts,
-    )
-    from pbf_core.evaluation.scores import predict_samples, score_masks
     from pbf_core.model.devices import torch_threads
     from pbf_core.model.loop import fit
     from pbf_core.model.training import finish_training, setup_training
@@ -87,9 +80,19 @@ def main() -> int:
     train_s = time.perf_counter() - t0
     with torch_threads(cfg.threads):
         spec, evaluation = finish_training(setup, history, cfg)
-    seg = Segmenter.from_model(setup.model, spec, device=history.device, precision="fp32")
-    val, test = setup.samples["val"], setup.samples["test"]
-    val_probs, test_probs = predict_samples(seg, val), predict_samples(seg, test)
+    return cfg, dataset, setup, history, train_s, spec, evaluation
+
+
+def _baselines(val: list, test: list) -> dict:
+    """Every weak-label method on the validation and test images."""
+    from pbf_core.config import LabelConfig
+    from pbf_core.data.labels import METHODS, synthesize_labels
+    from pbf_core.evaluation.metrics import (
+        instance_counts,
+        instance_metrics,
+        type_recall,
+        type_recall_counts,
+    )
 
     baselines = {}
     for method in METHODS:
@@ -107,9 +110,13 @@ def main() -> int:
             )
             per_split[name] = q
         baselines[method] = per_split
+    return baselines
 
-    val_curve = instance_curve(val_probs, [s.truth for s in val], SCAN)
-    test_curve = instance_curve(test_probs, [s.truth for s in test], SCAN)
+
+def _comparisons(baselines: dict, val_curve: list, test_probs: list, test: list) -> dict:
+    """The model on the test images at each baseline's false-positive rate (picked on val)."""
+    from pbf_core.evaluation.scores import score_masks
+
     comparisons = {}
     for method, q in baselines.items():
         budget = q["val"]["false_positives_per_image"]
@@ -136,6 +143,23 @@ def main() -> int:
                 "per_type": q["test"]["per_type"],
             },
         }
+    return comparisons
+
+
+def main() -> int:
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.evaluation.metrics import instance_curve
+    from pbf_core.evaluation.scores import predict_samples
+
+    args = _arguments()
+    cfg, dataset, setup, history, train_s, spec, evaluation = _train(args)
+    seg = Segmenter.from_model(setup.model, spec, device=history.device, precision="fp32")
+    val, test = setup.samples["val"], setup.samples["test"]
+    val_probs, test_probs = predict_samples(seg, val), predict_samples(seg, test)
+    baselines = _baselines(val, test)
+    val_curve = instance_curve(val_probs, [s.truth for s in val], SCAN)
+    test_curve = instance_curve(test_probs, [s.truth for s in test], SCAN)
+    comparisons = _comparisons(baselines, val_curve, test_probs, test)
     result = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": str(args.data),
@@ -164,6 +188,11 @@ def main() -> int:
 
 
 def _markdown(r: dict) -> str:
+    lines = _summary_lines(r) + _type_lines(r) + _curve_lines(r)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(r: dict) -> list[str]:
     m, split = r["model_at_val_max_dice_threshold"], r["split"]
     lines = [
         "# am04: supervised U-Net vs weak-label baselines (held-out test images)",
@@ -196,7 +225,12 @@ def _markdown(r: dict) -> str:
             f"{t['false_positives_per_image']:.2f} | {t['pixel']['dice']:.3f} | "
             f"{t['pixel']['recall']:.3f} |"
         )
-    lines += ["", "Per defect type, instance recall on the test images (detected / true):", ""]
+    return lines
+
+
+def _type_lines(r: dict) -> list[str]:
+    m = r["model_at_val_max_dice_threshold"]
+    lines = ["", "Per defect type, instance recall on the test images (detected / true):", ""]
     types = sorted(
         {t for c in r["at_baseline_false_positives"].values() if c.get("test_model")
          for t in (c["test_model"]["per_type"] or {})}
@@ -220,7 +254,11 @@ def _markdown(r: dict) -> str:
             lines.append(
                 f"| model at <= `{method}` FP | {cells(c['test_model']['per_type'] or {})} |"
             )
-    lines += [
+    return lines
+
+
+def _curve_lines(r: dict) -> list[str]:
+    lines = [
         "",
         "The model's whole test curve against each baseline's operating point (thresholds of the "
         "scan where the model has no more false positives per image than the baseline on the "
@@ -242,7 +280,7 @@ def _markdown(r: dict) -> str:
             f"{min(p['false_positives_per_image'] for p in ok):.2f}-"
             f"{max(p['false_positives_per_image'] for p in ok):.2f} FP/image"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
