@@ -28,8 +28,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pbf_core.evaluation.robustness import SCORES
+
 RESULTS = Path(__file__).resolve().parent / "results"
-METRICS = ("dice", "precision", "recall", "instance_recall", "false_components")
+METRICS = SCORES
 
 
 def methods(args: argparse.Namespace) -> dict:

@@ -14,16 +14,10 @@ from pathlib import Path
 
 from pbf_core.config import HeldOutConfig
 from pbf_core.deploy.inference import load_segmenter
-from pbf_core.evaluation.robustness import held_out_layers, model_masks, score_layers
+from pbf_core.evaluation.robustness import SCORES, held_out_layers, model_masks, score_layers
 
-#: The scores of a held-out check, in the order they are shown.
-HELD_OUT_KEYS: tuple[str, ...] = (
-    "dice",
-    "precision",
-    "recall",
-    "instance_recall",
-    "false_components",
-)
+#: The scores of a held-out check, in the order they are shown (those of every robustness row).
+HELD_OUT_KEYS: tuple[str, ...] = SCORES
 
 
 @dataclass(frozen=True)

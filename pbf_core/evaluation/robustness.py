@@ -21,6 +21,9 @@ from pbf_core.data.labels import synthesize_labels
 from pbf_core.evaluation.corruptions import SEVERITIES, corrupt
 from pbf_core.evaluation.metrics import instance_counts, instance_metrics
 
+#: What :func:`score_layers` returns for a condition, in the order tables show it.
+SCORES: tuple[str, ...] = ("dice", "precision", "recall", "instance_recall", "false_components")
+
 #: A segmenter of raw layers: ``(C, H, W)`` uint16 views → ``(H, W)`` bool defect mask.
 MaskFn = Callable[[np.ndarray], np.ndarray]
 
@@ -102,9 +105,8 @@ def score_layers(
         )
         counts.append(instance_counts(masks(views), layer.truth))
     q = instance_metrics(counts)
-    keys = ("dice", "precision", "recall", "instance_recall")
     return {
-        **{k: float(q[k]) for k in keys},
+        **{k: float(q[k]) for k in SCORES[:-1]},  # all but false_components, named apart
         "false_components": float(q["false_positives_per_image"]),
     }
 
