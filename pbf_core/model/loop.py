@@ -148,11 +148,14 @@ def train_step(run: _Run, batch: dict[str, torch.Tensor], lr: float) -> float:
         group["lr"] = lr
     x = batch["image"].to(run.device, non_blocking=True)
     y = batch["target"].to(run.device, non_blocking=True)
+    valid = batch.get("valid")  # pseudo-labelled patches leave doubtful pixels out
+    if valid is not None:
+        valid = valid.to(run.device, non_blocking=True)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(run.device, run.dtype):
         logits = model(x)
-    loss = dice_bce_loss(logits, y, cfg.pos_weight, cfg.dice_weight)
+    loss = dice_bce_loss(logits, y, cfg.pos_weight, cfg.dice_weight, valid)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
@@ -232,7 +235,8 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
 ) -> History:
-    """Train ``model`` in place; at the end it holds the weights of the best validation epoch.
+    """Train ``model`` in place; at the end it holds the weights of the best validation epoch
+    (of the last epoch with ``cfg.keep == "last"``).
 
     Each epoch runs ``cfg.steps_per_epoch`` optimizer steps (AdamW, one-cycle or cosine
     schedule over all steps; over ``cfg.max_minutes`` once an epoch ends behind the pace that
@@ -315,7 +319,7 @@ def _fit(
             history.stopped = "early_stopping"
             break
         clock.check_pace((epoch + 1) / cfg.epochs)
-    if best_state is not None:
+    if best_state is not None and cfg.keep == "best":
         model.load_state_dict(best_state)
     model.to(memory_format=torch.contiguous_format).eval()
     history.seconds, history.wall_seconds = clock.elapsed(), time.perf_counter() - wall_start

@@ -152,9 +152,12 @@ class PatchDataset:
         balance_types: with ``types``, a positive crop picks a defect type uniformly first.
         hard_negative_fraction: share of the other crops centred on a hard negative (see
             :func:`hard_negatives`) instead of a uniformly random place.
+        ignore: optional ``(H, W)`` bool masks of pixels left out of the loss (doubtful
+            pseudo-labels), one per image.
 
     Items:
-        ``image`` ``(C, patch, patch)`` float32 tensor, ``target`` ``(1, patch, patch)`` float32.
+        ``image`` ``(C, patch, patch)`` float32 tensor, ``target`` ``(1, patch, patch)`` float32;
+        with ``ignore``, also ``valid`` ``(1, patch, patch)`` float32 (1 = the pixel counts).
     """
 
     def __init__(
@@ -169,6 +172,7 @@ class PatchDataset:
         types: Sequence[np.ndarray | None] | None = None,
         balance_types: bool = False,
         hard_negative_fraction: float = 0.0,
+        ignore: Sequence[np.ndarray] | None = None,
     ) -> None:
         if not images or len(images) != len(targets):
             raise ValueError(
@@ -179,6 +183,13 @@ class PatchDataset:
                 raise ValueError(f"image {img.shape} and target {t.shape} do not match")
         self.images = [self._pad(np.asarray(x, np.float32), patch_size) for x in images]
         self.targets = [self._pad(np.asarray(t, bool)[None], patch_size)[0] for t in targets]
+        if ignore is not None and len(ignore) != len(targets):
+            raise ValueError(f"{len(ignore)} ignore masks for {len(targets)} targets")
+        self.ignore = (
+            None
+            if ignore is None
+            else [self._pad(np.asarray(m, bool)[None], patch_size)[0] for m in ignore]
+        )
         self.patch_size = patch_size
         self.length = length
         self.positive_fraction = positive_fraction
@@ -253,19 +264,23 @@ class PatchDataset:
         i, y0, x0 = self._origin(rng)
         p = self.patch_size
         img = self.images[i][:, y0 : y0 + p, x0 : x0 + p]
-        tgt = self.targets[i][y0 : y0 + p, x0 : x0 + p]
+        # the target in bit 0, "ignored" in bit 1: one mask the augmentation moves as a whole
+        code = self.targets[i][y0 : y0 + p, x0 : x0 + p].astype(np.uint8)
+        if self.ignore is not None:
+            code |= self.ignore[i][y0 : y0 + p, x0 : x0 + p].astype(np.uint8) << 1
         if self.augment is not None:
             self.augment.set_random_seed(int(rng.integers(2**31)))
-            out = self.augment(
-                image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=tgt.astype(np.uint8)
-            )
+            out = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=code)
             hwc = out["image"]
             img = np.clip(hwc if hwc.ndim == 3 else hwc[:, :, None], 0, 1).transpose(2, 0, 1)
-            tgt = out["mask"] > 0
-        return {
+            code = out["mask"]
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
-            "target": torch.from_numpy(np.ascontiguousarray(tgt, dtype=np.float32)[None]),
+            "target": torch.from_numpy((code & 1).astype(np.float32)[None]),
         }
+        if self.ignore is not None:
+            item["valid"] = torch.from_numpy((code & 2 == 0).astype(np.float32)[None])
+        return item
 
 
 class LayerDataset:
