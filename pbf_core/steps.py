@@ -15,6 +15,7 @@ split                      :func:`split_dataset`        ``PreparedDataset``    `
 train                      :func:`train_model`          ``TrainedModel``       ``model/training.py``
 evaluate (any model file)  :func:`evaluate_model`       ``Evaluation``         ``evaluation/scores.py``
 held-out style check       :func:`evaluate_held_out`    ``HeldOutScores``      ``evaluation/held_out.py``
+adapt to a user's printer  :func:`adapt_model`          ``AdaptedModel``       ``model/adaptation.py``
 export                     :func:`export_model`         ``ExportedModel``      ``deploy/export.py``
 quantize + parity gate     :func:`quantize_model`       ``QuantizedModel``     ``deploy/quantization.py``
 benchmark                  :func:`benchmark_model`      ``BenchmarkReport``    ``bench/runner.py``
@@ -47,9 +48,11 @@ from pbf_core.deploy.quantization import QuantizedModel, quantize_model
 from pbf_core.evaluation.held_out import HeldOutScores, evaluate_held_out
 from pbf_core.evaluation.promotion import Champion, Decision, decide_promotion
 from pbf_core.evaluation.scores import Evaluation, evaluate_model
+from pbf_core.model.adaptation import AdaptedModel, adapt_model
 from pbf_core.model.training import TrainedModel, train_model
 
 __all__ = [
+    "AdaptedModel",
     "BenchmarkReport",
     "Champion",
     "Decision",
@@ -62,6 +65,7 @@ __all__ = [
     "QuantizedModel",
     "Split",
     "TrainedModel",
+    "adapt_model",
     "benchmark_model",
     "decide_promotion",
     "discover_layers",

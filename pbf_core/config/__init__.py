@@ -17,7 +17,13 @@ from pbf_core.config.data import (
     ThresholdLabelConfig,
 )
 from pbf_core.config.deploy import BenchmarkConfig, PromotionConfig, QuantizeConfig
-from pbf_core.config.model import AugmentConfig, HeldOutConfig, ModelConfig, TrainConfig
+from pbf_core.config.model import (
+    AdaptConfig,
+    AugmentConfig,
+    HeldOutConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from pbf_core.config.pipeline import (
     ConfigError,
     DataConfig,
@@ -28,6 +34,7 @@ from pbf_core.config.pipeline import (
 )
 
 __all__ = [
+    "AdaptConfig",
     "AdaptiveLabelConfig",
     "AugmentConfig",
     "BackgroundLabelConfig",

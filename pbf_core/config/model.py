@@ -109,6 +109,11 @@ class TrainConfig(Frozen):
     pos_weight: float = Field(3.0, gt=0, description="BCE weight of defect pixels")
     dice_weight: float = Field(1.0, ge=0, description="loss = BCE + dice_weight * soft Dice")
     patience: int = Field(8, ge=1, description="epochs without validation gain before stopping")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="weights kept at the end: the best validation epoch's, or the last epoch's "
+        "(when the validation targets cannot be trusted to pick, e.g. pseudo-labels)",
+    )
     max_minutes: float | None = Field(None, gt=0, description="training time budget")
     budget_clock: Literal["wall", "process"] = Field(
         "wall",
@@ -149,3 +154,34 @@ class HeldOutConfig(Frozen):
     layers: int = Field(8, ge=0, le=1000, description="layers rendered (0 = skip the check)")
     size: int = Field(512, ge=64, le=4096, description="layer side (px)")
     seed: int = Field(1000, description="another seed than any training build's")
+
+
+class AdaptConfig(Frozen):
+    """Adapting a model to a user's printer: fine-tuning on its unlabelled layers with
+    pseudo-labels, then a gate (see :mod:`pbf_core.model.adaptation`).
+
+    The rest of the fine-tune (patch size, batch, augmentation, device, threads) comes from the
+    preset's ``train`` section.
+    """
+
+    epochs: int = Field(6, ge=1, le=200, description="fine-tuning epochs")
+    steps_per_epoch: int = Field(20, ge=1, description="optimizer steps per epoch")
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate (cosine decay from it)")
+    max_minutes: float | None = Field(30, gt=0, description="fine-tuning time cap")
+    confident: float = Field(
+        0.9, gt=0, lt=1, description="a predicted component is confident when it peaks above this"
+    )
+    ring: int = Field(2, ge=0, le=16, description="px around pseudo-positives left out of the loss")
+    flips: bool = Field(True, description="average the prediction over the layer's mirror images")
+    min_gain: float = Field(
+        0.0, ge=-1, le=1, description="Dice gain on the user's test layers the gate asks for"
+    )
+    guard_style: SynthStyle = Field(
+        "mixed", description="synthetic family the adapted model must not forget"
+    )
+    guard_layers: int = Field(4, ge=0, le=100, description="guard layers rendered (0 = no guard)")
+    guard_size: int = Field(512, ge=64, le=4096, description="guard layer side (px)")
+    guard_seed: int = Field(1001, description="guard seed (not a training build's)")
+    max_source_drop: float = Field(
+        0.05, ge=0, le=1, description="largest Dice loss on the guard layers the gate accepts"
+    )

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pbf_core.config.base import Frozen
 from pbf_core.config.data import PrepareConfig, SynthConfig
 from pbf_core.config.deploy import BenchmarkConfig, PromotionConfig, QuantizeConfig
-from pbf_core.config.model import HeldOutConfig, TrainConfig
+from pbf_core.config.model import AdaptConfig, HeldOutConfig, TrainConfig
 from pbf_core.errors import PbfError
 
 
@@ -56,6 +56,7 @@ class PipelineConfig(Frozen):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     held_out: HeldOutConfig = HeldOutConfig()
+    adapt: AdaptConfig = AdaptConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     promotion: PromotionConfig = PromotionConfig()
