@@ -8,7 +8,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pbf_core import steps
-from pbf_core.config import BenchmarkConfig, HeldOutConfig, QuantizeConfig, TrainConfig
+from pbf_core.config import (
+    AdaptConfig,
+    BenchmarkConfig,
+    HeldOutConfig,
+    QuantizeConfig,
+    TrainConfig,
+)
 from pbf_core.summary import TrackingRun
 from tasks.tracking import runs
 
@@ -50,6 +56,25 @@ def held_out(
     scores = steps.evaluate_held_out(trained.checkpoint, cfg, device=trained.history.device)
     runs.log_metrics(run.run_id, scores.metrics())
     return scores
+
+
+@task(name="adapt", cache_policy=NO_CACHE)
+def adapt(
+    source: str,
+    dataset: steps.PreparedDataset,
+    cfg: AdaptConfig,
+    train: TrainConfig,
+    run: TrackingRun,
+    out: str,
+) -> steps.AdaptedModel:
+    """Fine-tune ``source`` on the user's layers with pseudo-labels; log the gate and scores."""
+    with runs.system_metrics(run.run_id):
+        adapted = steps.adapt_model(source, dataset, cfg, train, out, progress=False)
+    runs.log_artifacts(run.run_id, out, "adaptation", adapted.metrics())
+    get_run_logger().info(
+        "adaptation %s: %s", "accepted" if adapted.accepted else "rejected", adapted.reason
+    )
+    return adapted
 
 
 @task(name="export-onnx", retries=1, cache_policy=NO_CACHE)

@@ -25,6 +25,7 @@ COMMANDS = {
     "train": model.train,
     "evaluate": model.evaluate,
     "held-out": model.held_out,
+    "adapt": model.adapt,
     "predict": model.predict,
     "quantize": model.quantize,
     "benchmark": model.benchmark,

@@ -116,6 +116,86 @@ def held_out(
     out_console.print_json(json.dumps(asdict(result)))
 
 
+def _user_layers(raw: Path, out: Path, cfg):
+    """A prepared dataset as it is, or raw layers prepared into ``out/data``."""
+    from pbf_core.data.dataset import load_manifest
+    from pbf_core.errors import DatasetError
+    from pbf_core.steps import open_dataset, prepare_dataset
+
+    if (raw / "manifest.json").is_file():
+        try:
+            load_manifest(raw)
+            return open_dataset(raw)
+        except DatasetError:
+            pass  # a raw build's manifest (synthetic), not a prepared one
+    with progress_bar("preparing your layers") as progress:
+        return prepare_dataset(raw, out / "data", cfg, progress=progress)
+
+
+def adapt(
+    raw: Annotated[
+        Path,
+        typer.Argument(
+            help="Your printer's layers: raw (any layout `pbf prepare` reads) or prepared."
+        ),
+    ],
+    model: Annotated[Path, typer.Option(help="The model to adapt (model.safetensors).")],
+    out: Annotated[Path, typer.Option(help="Directory for the adapted model and its report.")],
+    epochs: Annotated[int | None, typer.Option(min=1, help="Fine-tuning epochs.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Fine-tuning time cap.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Whole-pipeline preset: its prepare, train and adapt sections."),
+    ] = None,
+) -> None:
+    """Fine-tune a model on your unlabelled layers with pseudo-labels; gate the result.
+
+    True masks, where your layers have them, only score the held-back layers: they are never
+    trained on. Writes OUT/model.safetensors and OUT/adaptation.json (verdict and scores).
+    """
+    from pbf_core.config import PipelineConfig, load_config
+    from pbf_core.model.checkpoints import read_spec
+    from pbf_core.steps import adapt_model, split_dataset
+
+    read_spec(model)  # a bad model file fails before any layer is prepared
+    preset = load_config(config, PipelineConfig)
+    overrides = {"epochs": epochs, "max_minutes": max_minutes}
+    train = type(preset.train).model_validate(
+        {**preset.train.model_dump(), "labels": "weak", **({"device": device} if device else {})}
+    )
+    cfg = type(preset.adapt).model_validate(
+        {**preset.adapt.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    )
+    dataset = split_dataset(_user_layers(raw, out, preset.prepare), train)
+    split = dataset.require_split()
+    say(
+        f"adapting {model} to {dataset.layers} layers of {dataset.path}: pseudo-labels on "
+        f"{len(split.train)} train + {len(split.val)} val, scored on {len(split.eval_ids)}"
+    )
+    adapted = adapt_model(model, dataset, cfg, train, out)
+    table = Table(
+        title=f"{adapted.after.layers} held-back layers against {adapted.after.reference}"
+    )
+    for col in ("model", "dice", "precision", "recall", "instance recall", "FP / layer", "guard"):
+        table.add_column(col, justify="right")
+    for name, ev, guard in (
+        ("source", adapted.before, adapted.guard_before),
+        ("adapted", adapted.after, adapted.guard_after),
+    ):
+        h = ev.primary.headline
+        table.add_row(
+            name,
+            *(f"{h[k]:.3f}" for k in ("dice", "precision", "recall", "instance_recall")),
+            f"{h['false_positives_per_image']:.2f}",
+            f"{guard['dice']:.3f}" if guard else "-",
+        )
+    out_console.print(table)
+    verdict = "accepted" if adapted.accepted else "rejected: keep using the source model"
+    say(f"{verdict}: {adapted.reason}")
+    say(f"model: {adapted.checkpoint}; report: {out / 'adaptation.json'}")
+
+
 def predict(
     model: Annotated[Path, typer.Argument(help="model.safetensors (or .onnx with pbf metadata).")],
     images: Annotated[

@@ -237,3 +237,10 @@ def champion_summary(settings: Settings | None = None) -> dict | None:
     if fp32 is not None:
         out["fp32_version"] = str(fp32.version)
     return out
+
+
+def champion_run_id(settings: Settings | None = None) -> str | None:
+    """The MLflow run that trained the registry's current champion; None when there is none."""
+    store = resolve_store(settings)
+    champ = alias_version(client(store), store.registry_name, CHAMPION)
+    return None if champ is None else champ.run_id

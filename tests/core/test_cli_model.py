@@ -106,3 +106,31 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+ADAPT_PRESET = """
+train: {device: cpu, epochs: 1, steps_per_epoch: 2, batch_size: 2, patch_size: 32, tile_size: 64,
+        tile_overlap: 16, threads: 1, model: {decoder_channels: [16, 16, 8, 8, 8]}}
+adapt: {epochs: 1, steps_per_epoch: 2, guard_layers: 1, guard_size: 64}
+"""
+
+
+@pytest.mark.slow
+def test_adapt_prepares_raw_layers_and_reports_its_verdict(trained, synthetic_build, tmp_path):
+    (tmp_path / "preset.yaml").write_text(ADAPT_PRESET)
+    out = pbf(
+        "adapt", str(synthetic_build), "--model", str(trained / "model.safetensors"),
+        "--out", str(tmp_path / "adapted"), "--config", str(tmp_path / "preset.yaml"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "adapted" / "adaptation.json").read_text())
+    verdict = "accepted" if report["accepted"] else "rejected"
+    assert f"{verdict}: {report['reason']}" in " ".join(out.stdout.split())
+    assert (tmp_path / "adapted" / "data" / "manifest.json").is_file()  # raw layers prepared
+    assert (tmp_path / "adapted" / "model.safetensors").is_file()
+
+
+def test_adapt_names_a_missing_model(prepared_synthetic, tmp_path):
+    out = pbf("adapt", str(prepared_synthetic), "--model", str(tmp_path / "nope.safetensors"),
+              "--out", str(tmp_path / "o"))  # fmt: skip
+    assert out.returncode == 2 and "nope.safetensors" in out.stderr and "not found" in out.stderr

@@ -22,7 +22,7 @@ def test_prefect_yaml_validates_against_prefects_model(prefect_yaml):
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    assert {d.name for d in model.deployments} == {"nightly", "on-demand"}
+    assert {d.name for d in model.deployments} == {"nightly", "on-demand", "adapt"}
 
 
 def test_deployments_use_the_process_pool_and_the_real_flow(prefect_yaml):
@@ -30,8 +30,18 @@ def test_deployments_use_the_process_pool_and_the_real_flow(prefect_yaml):
         assert dep["work_pool"]["name"] == "pbf-process"
         module, func = dep["entrypoint"].split(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
-        assert flow.name == "train-pipeline"
+        assert flow.name == {"adapt": "adapt-model"}.get(dep["name"], "train-pipeline")
         PipelineConfig.model_validate(dep["parameters"].get("config", {}))
+
+
+def test_adapt_flow_asks_for_the_printers_layers():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.adaptation import adapt_model
+
+    schema = parameter_schema(adapt_model)
+    assert schema.required == ["raw"]
+    assert set(schema.properties) == {"raw", "model_path", "config"}
 
 
 def test_nightly_has_a_valid_cron_schedule(prefect_yaml):

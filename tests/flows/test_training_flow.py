@@ -177,3 +177,30 @@ def test_robustness_benchmark_logs_to_the_run_it_scores(summary, state_dir, tmp_
     assert "robustness/weak-adaptive/jpeg/relative_dice_s1_3" in metrics
     listed = {Path(a.path).name for a in client().list_artifacts(summary.run.run_id, "robustness")}
     assert listed == {"robustness.json", "robustness.md"}
+
+
+def test_adapt_flow_fine_tunes_the_champion_and_logs_the_verdict(
+    summary, state_dir, tiny, tmp_path
+):
+    """The adapt-model flow on a tiny build of the held-out family: the champion's checkpoint
+    by default, its own MLflow run with the gate's numbers, the adapted model as an artifact."""
+    from flows.adaptation import adapt_model
+    from pbf_core.config import SynthConfig
+    from pbf_core.data.synthetic import generate_build
+    from tasks.tracking.store import client
+
+    raw = tmp_path / "printer"
+    generate_build(raw, SynthConfig(layers=8, size=96, seed=11, style="foundry", noise_frames=0))
+    report = adapt_model(str(raw), config=tiny)
+    champion = state_dir / "runs" / summary.run.run_id / "model" / "model.safetensors"
+    assert report["source"] == str(champion)
+    run = client().get_run(report["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_id != summary.run.run_id
+    metrics = run.data.metrics
+    assert metrics["adapt/accepted"] == float(report["accepted"])
+    assert metrics["adapt/after/truth/dice"] == pytest.approx(
+        report["after"]["truth"]["pixel"]["dice"]
+    )
+    assert "adapt/guard/before/dice" in metrics and "adapt/pseudo/defect" in metrics
+    listed = {Path(a.path).name for a in client().list_artifacts(report["run_id"], "adaptation")}
+    assert {"adaptation.json", "model.safetensors", "split.json"} <= listed
