@@ -132,6 +132,27 @@ def _user_layers(raw: Path, out: Path, cfg):
         return prepare_dataset(raw, out / "data", cfg, progress=progress)
 
 
+def _adapt_table(adapted) -> Table:
+    """Source and adapted model side by side on the held-back layers and the guard layers."""
+    table = Table(
+        title=f"{adapted.after.layers} held-back layers against {adapted.after.reference}"
+    )
+    for col in ("model", "dice", "precision", "recall", "instance recall", "FP / layer", "guard"):
+        table.add_column(col, justify="right")
+    for name, ev, guard in (
+        ("source", adapted.before, adapted.guard_before),
+        ("adapted", adapted.after, adapted.guard_after),
+    ):
+        h = ev.primary.headline
+        table.add_row(
+            name,
+            *(f"{h[k]:.3f}" for k in ("dice", "precision", "recall", "instance_recall")),
+            f"{h['false_positives_per_image']:.2f}",
+            f"{guard['dice']:.3f}" if guard else "-",
+        )
+    return table
+
+
 def adapt(
     raw: Annotated[
         Path,
@@ -174,23 +195,7 @@ def adapt(
         f"{len(split.train)} train + {len(split.val)} val, scored on {len(split.eval_ids)}"
     )
     adapted = adapt_model(model, dataset, cfg, train, out)
-    table = Table(
-        title=f"{adapted.after.layers} held-back layers against {adapted.after.reference}"
-    )
-    for col in ("model", "dice", "precision", "recall", "instance recall", "FP / layer", "guard"):
-        table.add_column(col, justify="right")
-    for name, ev, guard in (
-        ("source", adapted.before, adapted.guard_before),
-        ("adapted", adapted.after, adapted.guard_after),
-    ):
-        h = ev.primary.headline
-        table.add_row(
-            name,
-            *(f"{h[k]:.3f}" for k in ("dice", "precision", "recall", "instance_recall")),
-            f"{h['false_positives_per_image']:.2f}",
-            f"{guard['dice']:.3f}" if guard else "-",
-        )
-    out_console.print(table)
+    out_console.print(_adapt_table(adapted))
     verdict = "accepted" if adapted.accepted else "rejected: keep using the source model"
     say(f"{verdict}: {adapted.reason}")
     say(f"model: {adapted.checkpoint}; report: {out / 'adaptation.json'}")

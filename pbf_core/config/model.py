@@ -182,6 +182,14 @@ class AdaptConfig(Frozen):
     guard_layers: int = Field(4, ge=0, le=100, description="guard layers rendered (0 = no guard)")
     guard_size: int = Field(512, ge=64, le=4096, description="guard layer side (px)")
     guard_seed: int = Field(1001, description="guard seed (not a training build's)")
+    rehearsal_layers: int = Field(
+        8,
+        ge=0,
+        le=200,
+        description="fresh guard-style layers with their true masks mixed into the fine-tune, "
+        "so the model does not forget what it knew (0 = none)",
+    )
+    rehearsal_seed: int = Field(1002, description="rehearsal seed (not a training build's)")
     max_source_drop: float = Field(
         0.05, ge=0, le=1, description="largest Dice loss on the guard layers the gate accepts"
     )

@@ -10,7 +10,8 @@ prepared, split dataset of the user's own printer:
 2. the train and validation layers are pseudo-labelled (:mod:`pbf_core.model.pseudo_labels`):
    no true mask is ever read for them;
 3. the model is fine-tuned on patches of the train layers, the doubtful pixels left out of the
-   loss, for a fixed number of steps (cosine decay), and keeps its last weights: the validation
+   loss, mixed with ``rehearsal_layers`` fresh synthetic layers of the guard family and their
+   true masks (rehearsal: without it the model forgets part of what it knew), for a fixed number of steps (cosine decay), and keeps its last weights: the validation
    layers' pseudo-labels hold too few confirmed defects to pick an epoch by (their agreement is
    only reported per epoch);
 4. the gate: the adapted model is accepted only when its Dice on the evaluation layers gains
@@ -27,9 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pbf_core.config import AdaptConfig, TrainConfig
 from pbf_core.data.dataset import PreparedDataset, Sample, data_digest
 from pbf_core.deploy.inference import Segmenter
+from pbf_core.deploy.inputs import prepare_input
 from pbf_core.errors import DatasetError
 from pbf_core.evaluation.robustness import held_out_layers, model_masks, score_layers
 from pbf_core.evaluation.scores import Evaluation, evaluate
@@ -191,25 +195,39 @@ def _pseudo_summary(labels: list[PseudoLabel]) -> dict[str, float]:
     return out
 
 
+def rehearsal(spec: ModelSpec, cfg: AdaptConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Fresh guard-family layers as the model's input, and their true masks."""
+    if cfg.rehearsal_layers < 1:
+        return [], []
+    layers = held_out_layers(
+        cfg.guard_style, cfg.rehearsal_layers, cfg.guard_size, cfg.rehearsal_seed
+    )
+    images = [prepare_input(x.views if spec.in_channels > 1 else x.views[0], spec) for x in layers]
+    return images, [x.truth for x in layers]
+
+
 def _finetune(
     model: torch.nn.Module,
+    spec: ModelSpec,
     samples: dict[str, list[Sample]],
     labels: dict[str, list[PseudoLabel]],
-    cfg: TrainConfig,
+    cfgs: tuple[TrainConfig, AdaptConfig],
     progress: bool,
 ) -> History:
-    """Fit ``model`` in place on patches of the pseudo-labelled train layers."""
+    """Fit ``model`` in place on patches of the pseudo-labelled train layers and rehearsal."""
+    cfg, adapt = cfgs
     train, pseudo = samples["train"], labels["train"]
+    images, truths = rehearsal(spec, adapt)
     patches = PatchDataset(
-        [s.image for s in train],
-        [p.target for p in pseudo],
+        [s.image for s in train] + images,
+        [p.target for p in pseudo] + truths,
         cfg.patch_size,
         cfg.steps_per_epoch * cfg.batch_size,
         cfg.positive_fraction,
         build_augmentation(cfg.augment, cfg.seed),
         cfg.seed,
         hard_negative_fraction=cfg.hard_negative_fraction,
-        ignore=[p.ignore for p in pseudo],
+        ignore=[p.ignore for p in pseudo] + [np.zeros_like(t) for t in truths],
     )
     from torch.utils.data import DataLoader
 
@@ -256,19 +274,12 @@ def adapt_model(
         segmenter = Segmenter.from_model(net, spec, device=device)
         before, g_before = evaluate(segmenter, samples["eval"]), guard_scores(segmenter, cfg)
         labels = {p: label_layers(segmenter, samples[p], cfg, progress) for p in ("train", "val")}
-    history = _finetune(net, samples, labels, ft, progress)
+    history = _finetune(net, spec, samples, labels, (ft, cfg), progress)
     with torch_threads(ft.threads):
         segmenter = Segmenter.from_model(net, spec, device=device)
         after, g_after = evaluate(segmenter, samples["eval"]), guard_scores(segmenter, cfg)
     accepted, reason = decide_adaptation(before, after, (g_before, g_after), cfg)
-    spec = spec.model_copy(
-        update={
-            "labels": "weak",
-            "train_data_digest": data_digest(dataset.path, dataset.entries(split.train)),
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "metrics": after.primary.headline,
-        }
-    )
+    spec = _adapted_spec(spec, dataset, after)
     out = Path(out)
     adapted = AdaptedModel(
         save_checkpoint(out / CHECKPOINT, net.cpu(), spec), spec, Path(model), accepted, reason,
@@ -277,6 +288,19 @@ def adapt_model(
     )  # fmt: skip
     _write_reports(out, adapted, split)
     return adapted
+
+
+def _adapted_spec(spec: ModelSpec, dataset: PreparedDataset, after: Evaluation) -> ModelSpec:
+    """The source's spec (threshold, views) with the adapted model's lineage and scores."""
+    train = dataset.entries(dataset.require_split().train)
+    return spec.model_copy(
+        update={
+            "labels": "weak",
+            "train_data_digest": data_digest(dataset.path, train),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "metrics": after.primary.headline,
+        }
+    )
 
 
 def _write_reports(out: Path, adapted: AdaptedModel, split) -> None:

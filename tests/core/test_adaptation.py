@@ -130,7 +130,9 @@ def tiny_model(prepared_synthetic, tmp_path_factory):
     return train_model(dataset, cfg, tmp_path_factory.mktemp("source"), progress=False)
 
 
-ADAPT = AdaptConfig(epochs=1, steps_per_epoch=2, guard_layers=1, guard_size=64, confident=0.5)
+ADAPT = AdaptConfig(
+    epochs=1, steps_per_epoch=2, guard_layers=1, guard_size=64, rehearsal_layers=1, confident=0.5
+)
 
 
 @pytest.mark.slow
@@ -170,3 +172,24 @@ def test_adapt_writes_a_gated_model_and_never_trains_on_true_masks(
         "ignored_share",
     }
     assert metrics["adapt/pseudo/ignored_share"] == first.pseudo["ignored_share"] >= 0
+
+
+@pytest.mark.parametrize("views", [("a", "b", "c"), ("image",)])
+def test_rehearsal_layers_are_model_inputs_with_their_true_masks(views):
+    from pbf_core.model.adaptation import rehearsal
+
+    spec = ModelSpec(in_channels=len(views), views=views)
+    images, truths = rehearsal(spec, AdaptConfig(rehearsal_layers=2, guard_size=64))
+    assert len(images) == len(truths) == 2
+    for image, truth in zip(images, truths, strict=True):
+        assert image.shape == (len(views), 64, 64) and image.dtype == np.float32
+        assert truth.shape == (64, 64) and truth.dtype == bool
+        assert 0.0 <= image.min() < image.max() <= 1.0
+    assert rehearsal(spec, AdaptConfig(rehearsal_layers=0)) == ([], [])
+
+
+def test_without_true_masks_the_gate_says_it_judged_on_weak_labels():
+    worse, better = _evaluation(0.5), _evaluation(0.8)
+    weak_only = [Evaluation(e.threshold, e.layers, None, e.weak) for e in (worse, better)]
+    ok, reason = decide_adaptation(*weak_only, ({}, {}), AdaptConfig())
+    assert ok and "weak labels (no true masks)" in reason

@@ -111,7 +111,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 ADAPT_PRESET = """
 train: {device: cpu, epochs: 1, steps_per_epoch: 2, batch_size: 2, patch_size: 32, tile_size: 64,
         tile_overlap: 16, threads: 1, model: {decoder_channels: [16, 16, 8, 8, 8]}}
-adapt: {epochs: 1, steps_per_epoch: 2, guard_layers: 1, guard_size: 64}
+adapt: {epochs: 1, steps_per_epoch: 2, guard_layers: 1, guard_size: 64, rehearsal_layers: 1}
 """
 
 
