@@ -20,6 +20,7 @@ export                     :func:`export_model`         ``ExportedModel``      `
 quantize + parity gate     :func:`quantize_model`       ``QuantizedModel``     ``deploy/quantization.py``
 benchmark                  :func:`benchmark_model`      ``BenchmarkReport``    ``bench/runner.py``
 promotion gate             :func:`decide_promotion`     ``Decision``           ``evaluation/promotion.py``
+score a whole build        :func:`score_build`          ``BuildScore``         ``scoring/build.py``
 =========================  ===========================  =====================  =========================
 
 The champion is scored for the gate by :func:`evaluate_model` on the candidate's evaluation
@@ -50,10 +51,12 @@ from pbf_core.evaluation.promotion import Champion, Decision, decide_promotion
 from pbf_core.evaluation.scores import Evaluation, evaluate_model
 from pbf_core.model.adaptation import AdaptedModel, adapt_model
 from pbf_core.model.training import TrainedModel, train_model
+from pbf_core.scoring.build import BuildScore, score_build
 
 __all__ = [
     "AdaptedModel",
     "BenchmarkReport",
+    "BuildScore",
     "Champion",
     "Decision",
     "DiscoveredLayers",
@@ -78,6 +81,7 @@ __all__ = [
     "prepare_layer",
     "prepared_dir",
     "quantize_model",
+    "score_build",
     "split_dataset",
     "train_model",
     "write_dataset",

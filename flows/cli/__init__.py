@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli import data, model, pipeline
+from flows.cli import data, model, pipeline, scoring
 from flows.cli.common import friendly_errors
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ COMMANDS = {
     "predict": model.predict,
     "quantize": model.quantize,
     "benchmark": model.benchmark,
+    "score": scoring.score,
     "run": pipeline.run,
     "serve-flow": pipeline.serve_flow,
     "package": pipeline.package,

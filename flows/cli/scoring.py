@@ -1,0 +1,40 @@
+"""``pbf score``: every layer of a build scored, defects joined through the layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import progress_bar, say
+
+
+def score(
+    build: Annotated[
+        Path,
+        typer.Argument(help="The build: Kaggle a/b/c dir or .zip, images folder, synthetic build."),
+    ],
+    out: Annotated[Path, typer.Option(help="Directory for the tables, masks and summary.")],
+    model: Annotated[
+        Path,
+        typer.Option(help="Model file: .onnx with pbf metadata (int8 or fp32) or .safetensors."),
+    ],
+    min_area: Annotated[
+        int, typer.Option(min=1, help="A layer is flagged when a component has this many px.")
+    ] = 20,
+) -> None:
+    """Score every layer of a build: parquet tables of layers, components and 3D defects.
+
+    Layers already scored in OUT with the same model are reused, so an interrupted run resumes
+    and a rerun scores nothing twice. Unusable layers are rows with the filter's reason.
+    """
+    from pbf_core.steps import score_build
+
+    with progress_bar("scoring layers") as progress:
+        result = score_build(build, model, out, min_area=min_area, progress=progress)
+    summary = result.summary()
+    say(f"{summary['verdict']} ({result.scored} layers scored, {result.reused} reused)")
+    for layer, reason in summary["unusable"].items():
+        say(f"  unusable {layer}: {reason}")
+    say(f"tables: {out}/layers.parquet, components.parquet, defects.parquet; {out}/summary.json")

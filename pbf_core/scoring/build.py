@@ -1,0 +1,129 @@
+"""The score step: every layer of a build scored, its defects joined in 3D, tables written.
+
+:func:`score_build` (``pbf score``) reads any raw layout ``pbf prepare`` knows, scores each layer
+(:func:`pbf_core.scoring.layers.score_layer`, resumable), joins the components of consecutive
+usable layers into 3D defects (:class:`pbf_core.scoring.volumes.DefectJoiner`) and writes::
+
+    OUT/layers.parquet       one row per layer: usable or the filter's reason, defect pixels,
+                             area %, components, peak probability, model, threshold, seconds
+    OUT/components.parquet   one row per 2D component, with its 3D defect id
+    OUT/defects.parquet      one row per 3D defect: z range, layers, voxels, bbox, peak
+    OUT/masks/<layer>.png    each usable layer's defect mask
+    OUT/layers/<layer>.json  each layer's record (what a rerun reuses)
+    OUT/summary.json         the build's verdict and counts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pbf_core.data.prepare import discover_layers
+from pbf_core.deploy.inference import load_segmenter
+from pbf_core.errors import DatasetError
+from pbf_core.files import file_digest, write_json
+from pbf_core.scoring.layers import ScoredLayer, layer_labels, score_layer
+from pbf_core.scoring.volumes import Defect, DefectJoiner
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BuildScore:
+    """What :func:`score_build` found and wrote.
+
+    Attributes:
+        out: the output directory.
+        layers: every layer's result, in build order.
+        defects: the 3D defects.
+        flagged: ids of usable layers with a component of at least ``min_area`` px.
+        scored, reused: layers segmented by this run / read from an earlier one.
+    """
+
+    out: Path
+    layers: tuple[ScoredLayer, ...]
+    defects: tuple[Defect, ...]
+    flagged: tuple[str, ...]
+    scored: int
+    reused: int
+
+    def summary(self) -> dict:
+        usable = [s for s in self.layers if s.score.usable]
+        return {
+            "layers": len(self.layers),
+            "usable": len(usable),
+            "unusable": {s.score.layer: s.score.reason for s in self.layers if not s.score.usable},
+            "flagged": list(self.flagged),
+            "defects": len(self.defects),
+            "largest_defects": [d.to_dict() for d in sorted(self.defects, key=lambda d: -d.voxels)[:10]],
+            "scored": self.scored,
+            "reused": self.reused,
+            "verdict": f"defects in {len(self.flagged)} of {len(usable)} usable layers, "
+            f"{len(self.defects)} 3D defects" if self.flagged else f"no defects in {len(usable)} usable layers",
+        }  # fmt: skip
+
+
+def join_defects(out: Path, layers: list[ScoredLayer]) -> tuple[list[Defect], list[int]]:
+    """The 3D defects of the scored layers and each component's defect id (in layer order)."""
+    joiner = DefectJoiner()
+    for scored in layers:
+        joiner.add(layer_labels(out, scored), list(scored.components))
+    return joiner.defects(), joiner.defect_ids()
+
+
+def write_tables(out: Path, layers: list[ScoredLayer], model: dict, joined) -> None:
+    """``layers.parquet``, ``components.parquet`` and ``defects.parquet`` (replaced whole)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    defects, ids = joined
+    rows = [{**asdict(s.score), **model} for s in layers]
+    comps = [asdict(c) for s in layers for c in s.components]
+    for row, defect_id in zip(comps, ids, strict=True):
+        row["defect_id"] = defect_id
+    tables = {"layers": rows, "components": comps, "defects": [d.to_dict() for d in defects]}
+    for name, data in tables.items():
+        tmp = out / f".{name}.parquet.tmp"
+        pq.write_table(pa.Table.from_pylist(data), tmp)
+        tmp.replace(out / f"{name}.parquet")
+
+
+def score_build(
+    raw: str | Path,
+    model: str | Path,
+    out: str | Path,
+    min_area: int = 20,
+    progress: Progress | None = None,
+) -> BuildScore:
+    """Score every layer of the build at ``raw`` with ``model``; write the tables into ``out``.
+
+    Args:
+        raw: the build (Kaggle a/b/c triplets, an images folder, a synthetic build; dir or zip).
+        model: ``.onnx`` with pbf metadata (int8 or fp32) or a ``.safetensors`` checkpoint.
+        out: output directory; layers already scored there with the same model are reused.
+        min_area: a layer is flagged when one of its components has at least this many px.
+        progress: called as ``progress(done, total)`` after each layer.
+
+    Raises:
+        DatasetError: missing, empty or unrecognised build.
+        CheckpointError, ExportError: missing or unreadable model.
+    """
+    out = Path(out)
+    segmenter = load_segmenter(model)
+    found = discover_layers(raw, out / "staging")
+    if not found.source.records:
+        raise DatasetError(Path(raw), "no layers in the build")
+    key = f"{file_digest(model)}:{segmenter.spec.threshold}"
+    layers = []
+    for i, (record, digest) in enumerate(zip(found.source.records, found.digests, strict=True)):
+        layers.append(score_layer(record, i, digest, segmenter, out, key))
+        if progress:
+            progress(i + 1, len(found.source.records))
+    joined = join_defects(out, layers)
+    write_tables(out, layers, {"model": Path(model).name, "model_digest": key}, joined)
+    flagged = tuple(s.score.layer for s in layers if any(c.area >= min_area for c in s.components))
+    reused = sum(s.reused for s in layers)
+    result = BuildScore(out, tuple(layers), tuple(joined[0]), flagged, len(layers) - reused, reused)
+    write_json(out / "summary.json", result.summary())
+    return result

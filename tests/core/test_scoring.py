@@ -1,0 +1,121 @@
+"""`score_build`: every layer of a build scored into parquet tables, resumable, bad layers as rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pbf_core.errors import CheckpointError, DatasetError
+from pbf_core.model.checkpoints import save_checkpoint
+from pbf_core.model.factory import model_from_spec
+from pbf_core.model.spec import ModelSpec
+from pbf_core.scoring.build import score_build
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """An untrained small network at a low threshold: it marks something on every layer."""
+    import torch
+
+    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=64,
+                     tile_overlap=8, threshold=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    return save_checkpoint(
+        tmp_path_factory.mktemp("m") / "model.safetensors", model_from_spec(spec), spec
+    )
+
+
+def _tables(out):
+    import pyarrow.parquet as pq
+
+    return {
+        n: pq.read_table(out / f"{n}.parquet").to_pylist()
+        for n in ("layers", "components", "defects")
+    }
+
+
+@pytest.fixture(scope="module")
+def scored(model, synthetic_build, tmp_path_factory):
+    build = tmp_path_factory.mktemp("b") / "raw"
+    shutil.copytree(synthetic_build, build)
+    out = tmp_path_factory.mktemp("scored")
+    return build, out, score_build(build, model, out)
+
+
+def test_every_layer_is_a_row_and_unusable_ones_say_why(scored, synthetic_build):
+    _, out, result = scored
+    manifest = json.loads((synthetic_build / "manifest.json").read_text())
+    tables = _tables(out)
+    assert len(tables["layers"]) == len(manifest["layers"]) == len(result.layers)
+    unusable = [r for r in tables["layers"] if not r["usable"]]
+    assert unusable and all(r["reason"] and r["defect_pixels"] == 0 for r in unusable)
+    usable = [r for r in tables["layers"] if r["usable"]]
+    for row in usable:
+        mask = out / "masks" / f"{row['layer']}.png"
+        assert (
+            mask.is_file()
+            and row["truth_pixels"] is not None
+            and row["model"] == "model.safetensors"
+        )
+    assert sum(r["components"] for r in usable) == len(tables["components"])
+
+
+def test_components_carry_their_3d_defect(scored):
+    _, out, result = scored
+    tables = _tables(out)
+    ids = {c["defect_id"] for c in tables["components"]}
+    assert ids == {d["id"] for d in tables["defects"]} == set(range(len(result.defects)))
+    for d in tables["defects"]:
+        mine = [c for c in tables["components"] if c["defect_id"] == d["id"]]
+        assert d["voxels"] == sum(c["area"] for c in mine)
+        assert (d["z_min"], d["z_max"]) == (min(c["z"] for c in mine), max(c["z"] for c in mine))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["defects"] == len(tables["defects"]) and summary["scored"] == len(result.layers)
+
+
+def test_a_rerun_scores_nothing_twice_and_adds_no_row(scored, model):
+    build, out, first = scored
+    again = score_build(build, model, out)
+    assert (again.scored, again.reused) == (0, len(first.layers))
+    rows = _tables(out)["layers"]
+    assert len(rows) == len(first.layers) and len({r["layer"] for r in rows}) == len(rows)
+    assert [d.to_dict() for d in again.defects] == [d.to_dict() for d in first.defects]
+
+
+def test_a_corrupt_layer_is_a_row_and_only_it_is_scored_again(scored, model):
+    build, out, first = scored
+    usable = [s.score.layer for s in first.layers if s.score.usable]
+    victim = next((build / "images").glob(f"{usable[0]}a.*"))
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    again = score_build(build, model, out)
+    row = next(s.score for s in again.layers if s.score.layer == usable[0])
+    assert not row.usable and row.reason.startswith("unreadable")
+    assert again.scored == 1 and again.reused == len(first.layers) - 1
+
+
+def test_bad_builds_and_models_are_clear_errors(model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError):
+        score_build(tmp_path / "empty", model, tmp_path / "o")
+    with pytest.raises(CheckpointError, match="not found"):
+        score_build(tmp_path / "empty", tmp_path / "nope.safetensors", tmp_path / "o")
+
+
+def test_pbf_score_prints_the_verdict_and_names_unusable_layers(model, synthetic_build, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pbf = Path(sys.executable).parent / "pbf"
+    args = [str(pbf), "score", str(synthetic_build), "--out", str(tmp_path), "--model", str(model)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["verdict"] in out.stdout
+    assert all(f"unusable {layer}: " in out.stdout for layer in summary["unusable"])
+    missing = subprocess.run(
+        [*args[:-1], str(tmp_path / "nope.onnx")], capture_output=True, text=True, timeout=600
+    )
+    assert missing.returncode == 2 and "nope.onnx" in missing.stderr
