@@ -11,6 +11,7 @@ usable layers into 3D defects (:class:`pbf_core.scoring.volumes.DefectJoiner`) a
     OUT/masks/<layer>.png    each usable layer's defect mask
     OUT/layers/<layer>.json  each layer's record (what a rerun reuses)
     OUT/summary.json         the build's verdict and counts
+    OUT/report.html, .json   the build report (:mod:`pbf_core.scoring.report`)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pbf_core.deploy.inference import load_segmenter
 from pbf_core.errors import DatasetError
 from pbf_core.files import file_digest, write_json
 from pbf_core.scoring.layers import ScoredLayer, layer_labels, score_layer
+from pbf_core.scoring.report import write_report
 from pbf_core.scoring.volumes import Defect, DefectJoiner
 
 Progress = Callable[[int, int], None]
@@ -126,4 +128,36 @@ def score_build(
     reused = sum(s.reused for s in layers)
     result = BuildScore(out, tuple(layers), tuple(joined[0]), flagged, len(layers) - reused, reused)
     write_json(out / "summary.json", result.summary())
+    overlays = worst_overlays(out, layers, found.source.records, segmenter.spec)
+    write_report(result, f"Build report: {Path(raw).name}", overlays)
     return result
+
+
+def worst_overlays(out: Path, layers: list[ScoredLayer], records, spec, n: int = 3) -> dict:
+    """Overlays of the ``n`` layers with the most defect pixels (at most 640 px wide)."""
+    import cv2
+
+    from pbf_core.config import PrepareConfig
+    from pbf_core.data.filtering import FrameRejected, load_layer_set
+    from pbf_core.data.imaging import read_mask
+    from pbf_core.deploy.overlays import render_overlay
+
+    by_id = {r.layer_id: r for r in records}
+    worst = sorted(
+        (s for s in layers if s.score.defect_pixels), key=lambda s: -s.score.defect_pixels
+    )
+    cfg = PrepareConfig(normalization=spec.normalization, percentiles=spec.percentiles)
+    overlays = {}
+    for s in worst[:n]:
+        try:
+            image = load_layer_set(by_id[s.score.layer], cfg).image
+        except FrameRejected:  # changed on disk since it was scored: no picture
+            continue
+        mask = read_mask(out / "masks" / f"{s.score.layer}.png")
+        rgb = render_overlay(image, mask, list(s.components))
+        scale = min(1.0, 640 / rgb.shape[1])
+        if scale < 1.0:
+            size = (640, max(1, round(rgb.shape[0] * scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        overlays[s.score.layer] = rgb
+    return overlays
