@@ -23,16 +23,32 @@ def score(
     min_area: Annotated[
         int, typer.Option(min=1, help="A layer is flagged when a component has this many px.")
     ] = 20,
+    runner: Annotated[
+        str, typer.Option(help="local (this process) or dask (a cluster, see --dask-address).")
+    ] = "local",
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="An existing Dask scheduler, tcp://HOST:PORT (default: a LocalCluster)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="LocalCluster worker processes (default: one per core)."),
+    ] = None,
 ) -> None:
     """Score every layer of a build: parquet tables of layers, components and 3D defects.
 
     Layers already scored in OUT with the same model are reused, so an interrupted run resumes
     and a rerun scores nothing twice. Unusable layers are rows with the filter's reason.
     """
+    from pbf_core.scoring.runners import Runner
     from pbf_core.steps import score_build
 
+    try:
+        how = Runner(runner, dask_address, workers)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--runner/--dask-address/--workers") from None
     with progress_bar("scoring layers") as progress:
-        result = score_build(build, model, out, min_area=min_area, progress=progress)
+        result = score_build(build, model, out, min_area, how, progress)
     summary = result.summary()
     say(f"{summary['verdict']} ({result.scored} layers scored, {result.reused} reused)")
     for layer, reason in summary["unusable"].items():

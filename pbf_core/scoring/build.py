@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pbf_core.data.prepare import discover_layers
-from pbf_core.deploy.inference import load_segmenter
 from pbf_core.errors import DatasetError
 from pbf_core.files import file_digest, write_json
-from pbf_core.scoring.layers import ScoredLayer, layer_labels, score_layer
+from pbf_core.scoring.layers import ScoredLayer, layer_labels
 from pbf_core.scoring.report import write_report
+from pbf_core.scoring.runners import Runner, map_layers
 from pbf_core.scoring.volumes import Defect, DefectJoiner
 
 Progress = Callable[[int, int], None]
@@ -91,11 +91,27 @@ def write_tables(out: Path, layers: list[ScoredLayer], model: dict, joined) -> N
         tmp.replace(out / f"{name}.parquet")
 
 
+def read_model_spec(model: str | Path):
+    """The spec of a model file (checks it before any layer is read).
+
+    Raises:
+        CheckpointError, ExportError: missing or unreadable file, or no pbf spec in it.
+    """
+    if Path(model).suffix == ".onnx":
+        from pbf_core.deploy.metadata import read_onnx_spec
+
+        return read_onnx_spec(model)
+    from pbf_core.model.checkpoints import read_spec
+
+    return read_spec(model)
+
+
 def score_build(
     raw: str | Path,
     model: str | Path,
     out: str | Path,
     min_area: int = 20,
+    runner: Runner | None = None,
     progress: Progress | None = None,
 ) -> BuildScore:
     """Score every layer of the build at ``raw`` with ``model``; write the tables into ``out``.
@@ -105,31 +121,29 @@ def score_build(
         model: ``.onnx`` with pbf metadata (int8 or fp32) or a ``.safetensors`` checkpoint.
         out: output directory; layers already scored there with the same model are reused.
         min_area: a layer is flagged when one of its components has at least this many px.
+        runner: where the layers are scored (this process by default; see :class:`Runner`).
         progress: called as ``progress(done, total)`` after each layer.
 
     Raises:
         DatasetError: missing, empty or unrecognised build.
         CheckpointError, ExportError: missing or unreadable model.
     """
-    out = Path(out)
-    segmenter = load_segmenter(model)
+    out, spec = Path(out), read_model_spec(model)
     found = discover_layers(raw, out / "staging")
-    if not found.source.records:
+    records = found.source.records
+    if not records:
         raise DatasetError(Path(raw), "no layers in the build")
-    key = f"{file_digest(model)}:{segmenter.spec.threshold}"
-    layers = []
-    for i, (record, digest) in enumerate(zip(found.source.records, found.digests, strict=True)):
-        layers.append(score_layer(record, i, digest, segmenter, out, key))
-        if progress:
-            progress(i + 1, len(found.source.records))
+    key = f"{file_digest(model)}:{spec.threshold}"
+    layers = map_layers(records, found.digests, str(model), out, key, runner or Runner(), progress)
     joined = join_defects(out, layers)
     write_tables(out, layers, {"model": Path(model).name, "model_digest": key}, joined)
     flagged = tuple(s.score.layer for s in layers if any(c.area >= min_area for c in s.components))
     reused = sum(s.reused for s in layers)
     result = BuildScore(out, tuple(layers), tuple(joined[0]), flagged, len(layers) - reused, reused)
     write_json(out / "summary.json", result.summary())
-    overlays = worst_overlays(out, layers, found.source.records, segmenter.spec)
-    write_report(result, f"Build report: {Path(raw).name}", overlays)
+    write_report(
+        result, f"Build report: {Path(raw).name}", worst_overlays(out, layers, records, spec)
+    )
     return result
 
 

@@ -1,0 +1,106 @@
+"""Build scoring on Dask: a LocalCluster, and a scheduler and workers started as separate
+``dask scheduler`` / ``dask worker`` processes on 127.0.0.1 — the same tables as in-process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pbf_core.model.checkpoints import save_checkpoint
+from pbf_core.model.factory import model_from_spec
+from pbf_core.model.spec import ModelSpec
+from pbf_core.scoring.build import score_build
+from pbf_core.scoring.runners import Runner
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import torch
+
+    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=64,
+                     tile_overlap=8, threshold=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    return save_checkpoint(
+        tmp_path_factory.mktemp("m") / "model.safetensors", model_from_spec(spec), spec
+    )
+
+
+@pytest.fixture(scope="module")
+def local(model, synthetic_build, tmp_path_factory):
+    return score_build(synthetic_build, model, tmp_path_factory.mktemp("local"))
+
+
+def _same(a, b):
+    """The same rows and defects (peaks to float rounding: thread counts differ)."""
+    floats = ("seconds", "max_prob")
+    strip = lambda r: {k: v for k, v in r.items() if k not in floats}  # noqa: E731
+    rows_a, rows_b = ([strip(s.score.__dict__) for s in x.layers] for x in (a, b))
+    assert rows_a == rows_b
+    peaks_a, peaks_b = ([s.score.max_prob for s in x.layers] for x in (a, b))
+    assert peaks_a == pytest.approx(peaks_b, abs=1e-5)
+    assert [strip(d.to_dict()) for d in a.defects] == [strip(d.to_dict()) for d in b.defects]
+
+
+def test_a_local_dask_cluster_gives_the_same_tables(model, synthetic_build, local, tmp_path):
+    result = score_build(synthetic_build, model, tmp_path, runner=Runner("dask", workers=2))
+    _same(result, local)
+    assert result.scored == len(result.layers)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes on loopback; yields the address."""
+    file = tmp_path / "scheduler.json"
+    common = ["--no-dashboard"]
+    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--scheduler-file", str(file), *common],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert file.is_file(), "the scheduler wrote no scheduler file"
+        procs += [subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", str(file),
+                                    "--nthreads", "1", "--host", "127.0.0.1", *common],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for _ in range(2)]  # fmt: skip
+        import json
+
+        address = json.loads(file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_separately_started_scheduler_and_workers(model, synthetic_build, local, cluster, tmp_path):
+    result = score_build(synthetic_build, model, tmp_path, runner=Runner("dask", address=cluster))
+    _same(result, local)
+    again = score_build(synthetic_build, model, tmp_path, runner=Runner("dask", address=cluster))
+    assert (again.scored, again.reused) == (0, len(result.layers))
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"kind": "spark"}, "unknown runner"), ({"kind": "dask", "workers": 0}, "at least 1"),
+    ({"kind": "dask", "address": "localhost:8786"}, "tcp://HOST:PORT"),
+])  # fmt: skip
+def test_bad_runner_settings_are_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Runner(**kw)
