@@ -34,6 +34,13 @@ def score(
         int | None,
         typer.Option(min=1, help="LocalCluster worker processes (default: one per core)."),
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL the rows are upserted into (default: PBF_RESULTS_DB, else SQLite "
+            "under the state directory); 'off' to skip."
+        ),
+    ] = None,
 ) -> None:
     """Score every layer of a build: parquet tables of layers, components and 3D defects.
 
@@ -51,6 +58,13 @@ def score(
         result = score_build(build, model, out, min_area, how, progress)
     summary = result.summary()
     say(f"{summary['verdict']} ({result.scored} layers scored, {result.reused} reused)")
+    if database != "off":
+        from pbf_core.config import Settings
+        from pbf_core.scoring.database import upsert_build
+
+        url = database or Settings().results_url()
+        rows = upsert_build(url, str(build.resolve()), result, model.name)
+        say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
     for layer, reason in summary["unusable"].items():
         say(f"  unusable {layer}: {reason}")
     say(f"tables: {out}/layers.parquet, components.parquet, defects.parquet; {out}/summary.json")

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".pbf")
     tracking_uri: str | None = None
     registry_name: str = "pbf-defect-segmenter"
+    results_db: str | None = None
+
+    def results_url(self) -> str:
+        """Where build scores are written (``PBF_RESULTS_DB``; default SQLite in the state dir)."""
+        return self.results_db or f"sqlite:///{self.state_dir.resolve() / 'results.db'}"
 
 
 class ConfigError(PbfError, ValueError):

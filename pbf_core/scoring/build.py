@@ -16,11 +16,12 @@ usable layers into 3D defects (:class:`pbf_core.scoring.volumes.DefectJoiner`) a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pbf_core.data.prepare import discover_layers
+from pbf_core.data.layers import LayerRecord
+from pbf_core.data.prepare import DiscoveredLayers, discover_layers
 from pbf_core.errors import DatasetError
 from pbf_core.files import file_digest, write_json
 from pbf_core.scoring.layers import ScoredLayer, layer_labels
@@ -41,6 +42,7 @@ class BuildScore:
         defects: the 3D defects.
         flagged: ids of usable layers with a component of at least ``min_area`` px.
         scored, reused: layers segmented by this run / read from an earlier one.
+        defect_ids: each component's 3D defect id, in layer and component order.
     """
 
     out: Path
@@ -49,6 +51,7 @@ class BuildScore:
     flagged: tuple[str, ...]
     scored: int
     reused: int
+    defect_ids: tuple[int, ...] = ()
 
     def summary(self) -> dict:
         usable = [s for s in self.layers if s.score.usable]
@@ -106,6 +109,55 @@ def read_model_spec(model: str | Path):
     return read_spec(model)
 
 
+def discover_build(raw: str | Path, out: Path) -> DiscoveredLayers:
+    """The build's layers and their digests (zip archives unpacked under ``out/staging``).
+
+    Raises:
+        DatasetError: missing, empty or unrecognised build.
+    """
+    found = discover_layers(raw, out / "staging")
+    if not found.source.records:
+        raise DatasetError(Path(raw), "no layers in the build")
+    return found
+
+
+def model_key(model: str | Path, spec) -> str:
+    """What a layer's record is keyed by besides its bytes: the model file and its threshold."""
+    return f"{file_digest(model)}:{spec.threshold}"
+
+
+def finish_build(
+    raw: str | Path,
+    model: str | Path,
+    out: Path,
+    layers: list[ScoredLayer],
+    records: Sequence[LayerRecord],
+    min_area: int = 20,
+) -> BuildScore:
+    """Join the scored layers' defects in 3D; write the tables, summary and report
+    (``records``: the build's raw layers, for the worst layers' overlays)."""
+    spec = read_model_spec(model)
+    joined = join_defects(out, layers)
+    meta = {"model": Path(model).name, "model_digest": model_key(model, spec)}
+    write_tables(out, layers, meta, joined)
+    flagged = tuple(s.score.layer for s in layers if any(c.area >= min_area for c in s.components))
+    reused = sum(s.reused for s in layers)
+    result = BuildScore(
+        out,
+        tuple(layers),
+        tuple(joined[0]),
+        flagged,
+        len(layers) - reused,
+        reused,
+        tuple(joined[1]),
+    )
+    write_json(out / "summary.json", result.summary())
+    write_report(
+        result, f"Build report: {Path(raw).name}", worst_overlays(out, layers, records, spec)
+    )
+    return result
+
+
 def score_build(
     raw: str | Path,
     model: str | Path,
@@ -129,22 +181,12 @@ def score_build(
         CheckpointError, ExportError: missing or unreadable model.
     """
     out, spec = Path(out), read_model_spec(model)
-    found = discover_layers(raw, out / "staging")
-    records = found.source.records
-    if not records:
-        raise DatasetError(Path(raw), "no layers in the build")
-    key = f"{file_digest(model)}:{spec.threshold}"
-    layers = map_layers(records, found.digests, str(model), out, key, runner or Runner(), progress)
-    joined = join_defects(out, layers)
-    write_tables(out, layers, {"model": Path(model).name, "model_digest": key}, joined)
-    flagged = tuple(s.score.layer for s in layers if any(c.area >= min_area for c in s.components))
-    reused = sum(s.reused for s in layers)
-    result = BuildScore(out, tuple(layers), tuple(joined[0]), flagged, len(layers) - reused, reused)
-    write_json(out / "summary.json", result.summary())
-    write_report(
-        result, f"Build report: {Path(raw).name}", worst_overlays(out, layers, records, spec)
+    found = discover_build(raw, out)
+    key = model_key(model, spec)
+    layers = map_layers(
+        found.source.records, found.digests, str(model), out, key, runner or Runner(), progress
     )
-    return result
+    return finish_build(raw, model, out, layers, found.source.records, min_area)
 
 
 def worst_overlays(out: Path, layers: list[ScoredLayer], records, spec, n: int = 3) -> dict:

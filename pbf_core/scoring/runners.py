@@ -27,12 +27,14 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Runner:
-    """How to map the layers: ``local`` or ``dask`` (``address`` or a local cluster of
-    ``workers`` processes; None = one per core)."""
+    """How to map the layers: ``local`` (one process, ``threads`` for the model; None = one per
+    core) or ``dask`` (``address`` or a local cluster of ``workers`` single-threaded processes;
+    None = one per core)."""
 
     kind: Literal["local", "dask"] = "local"
     address: str | None = None
     workers: int | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "dask"):
@@ -62,10 +64,18 @@ def scoring_segmenter(model: str, threads: int | None, key: str) -> tuple[Segmen
     return Segmenter.from_checkpoint(model), "pytorch"
 
 
-def _score_on_worker(
-    record: LayerRecord, index: int, digest: str, model: str, out: str, model_key: str
+def score_layer_file(
+    record: LayerRecord,
+    index: int,
+    digest: str,
+    model: str,
+    out: str,
+    model_key: str,
+    threads: int | None = 1,
 ) -> ScoredLayer:
-    segmenter, _ = scoring_segmenter(model, 1, model_key)
+    """Score one layer with the model at ``model`` (loaded once per process): what a Dask or
+    Prefect worker runs for each layer."""
+    segmenter, _ = scoring_segmenter(model, threads, model_key)
     return score_layer(record, index, digest, segmenter, Path(out), model_key)
 
 
@@ -99,7 +109,7 @@ def map_layers(
     """Score every layer on the runner; results in build order."""
     total = len(records)
     if runner.kind == "local":
-        segmenter, _ = scoring_segmenter(model, None, key)
+        segmenter, _ = scoring_segmenter(model, runner.threads, key)
         results = []
         for i, (record, digest) in enumerate(zip(records, digests, strict=True)):
             results.append(score_layer(record, i, digest, segmenter, out, key))
@@ -110,7 +120,7 @@ def map_layers(
 
     with dask_client(runner) as client:
         futures = client.map(
-            _score_on_worker, list(records), list(range(total)), list(digests),
+            score_layer_file, list(records), list(range(total)), list(digests),
             model=model, out=str(out), model_key=key, pure=False,  # `key` is Dask's
         )  # fmt: skip
         for done, _ in enumerate(as_completed(futures), start=1):

@@ -109,13 +109,39 @@ def test_pbf_score_prints_the_verdict_and_names_unusable_layers(model, synthetic
     from pathlib import Path
 
     pbf = Path(sys.executable).parent / "pbf"
-    args = [str(pbf), "score", str(synthetic_build), "--out", str(tmp_path), "--model", str(model)]
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    args = [str(pbf), "score", str(synthetic_build), "--out", str(tmp_path), "--database", db,
+            "--model", str(model)]  # fmt: skip
     out = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["verdict"] in out.stdout
     assert all(f"unusable {layer}: " in out.stdout for layer in summary["unusable"])
+    assert f"database: {summary['layers']} layer rows, {summary['defects']} defects" in out.stdout
     missing = subprocess.run(
         [*args[:-1], str(tmp_path / "nope.onnx")], capture_output=True, text=True, timeout=600
     )
     assert missing.returncode == 2 and "nope.onnx" in missing.stderr
+
+
+def test_results_go_to_sql_and_a_rerun_duplicates_nothing(scored, tmp_path):
+    import sqlalchemy as sa
+
+    from pbf_core.scoring.database import upsert_build
+
+    build, _, result = scored
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    first = upsert_build(url, str(build), result, "model.safetensors")
+    again = upsert_build(url, str(build), result, "model.safetensors")
+    other = upsert_build(url, "/another/build", result, "model.safetensors")
+    assert first == again == other
+    assert first["pbf_layers"] == len(result.layers) and first["pbf_defects"] == len(result.defects)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        count = conn.execute(sa.text("select count(*) from pbf_layers")).scalar()
+        ids = conn.execute(
+            sa.text("select count(distinct defect_id) from pbf_components where build = :b"),
+            {"b": str(build)},
+        ).scalar()
+    engine.dispose()
+    assert count == 2 * len(result.layers) and ids == len(result.defects)

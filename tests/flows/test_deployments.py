@@ -22,7 +22,9 @@ def test_prefect_yaml_validates_against_prefects_model(prefect_yaml):
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(prefect_yaml)
-    assert {d.name for d in model.deployments} == {"nightly", "on-demand", "adapt"}
+    names = [(d.name, d.entrypoint.split(":")[1]) for d in model.deployments]
+    assert sorted(names) == sorted([("nightly", "train_pipeline"), ("on-demand", "train_pipeline"),
+        ("adapt", "adapt_model"), ("on-demand", "score_build"), ("watch", "score_build")])  # fmt: skip
 
 
 def test_deployments_use_the_process_pool_and_the_real_flow(prefect_yaml):
@@ -30,8 +32,11 @@ def test_deployments_use_the_process_pool_and_the_real_flow(prefect_yaml):
         assert dep["work_pool"]["name"] == "pbf-process"
         module, func = dep["entrypoint"].split(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
-        assert flow.name == {"adapt": "adapt-model"}.get(dep["name"], "train-pipeline")
-        PipelineConfig.model_validate(dep["parameters"].get("config", {}))
+        expected = {"train_pipeline": "train-pipeline", "adapt_model": "adapt-model",
+                    "score_build": "score-build"}[func]  # fmt: skip
+        assert flow.name == expected
+        if func != "score_build":
+            PipelineConfig.model_validate(dep["parameters"].get("config", {}))
 
 
 def test_adapt_flow_asks_for_the_printers_layers():
@@ -52,6 +57,8 @@ def test_nightly_has_a_valid_cron_schedule(prefect_yaml):
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
     on_demand = next(d for d in prefect_yaml["deployments"] if d["name"] == "on-demand")
     assert on_demand["schedules"] == []
+    (watch,) = [d for d in prefect_yaml["deployments"] if d["name"] == "watch"]
+    assert watch["schedules"][0]["interval"] <= 300 and watch["parameters"]["build"]
 
 
 def test_flow_parameter_schema_is_the_pipeline_config():
@@ -112,3 +119,15 @@ def test_dataset_name_must_be_a_safe_identifier():
 
     with pytest.raises(ValueError, match="name"):
         DataConfig(name="../etc")
+
+
+def test_score_build_flow_asks_for_the_build():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.scoring import score_build
+
+    schema = parameter_schema(score_build)
+    assert schema.required == ["build"]
+    assert {"model", "out", "runner", "dask_address", "workers", "min_area"} <= set(
+        schema.properties
+    )

@@ -1,0 +1,129 @@
+"""The score-build flow: every layer of a build scored, mapped over a Prefect task runner.
+
+The flow form of ``pbf score``, over the same steps (:mod:`pbf_core.scoring.build`): the build
+is discovered, one ``score-layer`` task per layer runs on the chosen task runner (threads in
+this process, or Dask: ``DaskTaskRunner`` on a ``LocalCluster`` of single-threaded workers on
+127.0.0.1, or on an existing scheduler), and the 3D defects, tables and report are made at the
+end. Layers already scored into ``out`` with the same model are reused, so a short schedule on
+a build that is still printing (the ``watch`` deployment) scores only its new layers. A
+markdown artifact links the report.
+"""
+
+# No `from __future__ import annotations`: Prefect resolves the parameters' annotations in the
+# process that runs the flow (see flows/training.py).
+
+import os
+from pathlib import Path
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from pbf_core.config import Settings
+from pbf_core.data.layers import LayerRecord
+from pbf_core.errors import CheckpointError
+from pbf_core.scoring.build import discover_build, finish_build, model_key, read_model_spec
+from pbf_core.scoring.database import upsert_build
+from pbf_core.scoring.layers import ScoredLayer
+from pbf_core.scoring.runners import Runner, score_layer_file
+
+
+@task(name="score-layer", cache_policy=NO_CACHE, retries=1)
+def score_layer(
+    record: LayerRecord, index: int, digest: str, model: str, out: str, key: str, threads: int
+) -> ScoredLayer:
+    """Filter, segment and describe one layer (reused when already scored with this model)."""
+    return score_layer_file(record, index, digest, model, out, key, threads)
+
+
+def task_runner(runner: Runner) -> tuple[TaskRunner, int]:
+    """The task runner the layers are mapped over, and the model's threads per task."""
+    if runner.kind == "local":
+        return ThreadPoolTaskRunner(max_workers=1), 0
+    from prefect_dask import DaskTaskRunner
+
+    if runner.address:
+        return DaskTaskRunner(address=runner.address), 1
+    workers = runner.workers or os.cpu_count() or 1
+    kwargs = {"n_workers": workers, "threads_per_worker": 1, "host": "127.0.0.1",
+              "dashboard_address": None, "processes": True}  # fmt: skip
+    return DaskTaskRunner(cluster_kwargs=kwargs), 1
+
+
+@flow(name="score-layers", validate_parameters=False)
+def score_layers(found, model: str, out: str, key: str, threads: int) -> list[ScoredLayer]:
+    """One task per layer on this flow's task runner; results in build order."""
+    records = found.source.records
+    futures = score_layer.map(
+        records, list(range(len(records))), list(found.digests),
+        unmapped(model), unmapped(out), unmapped(key), unmapped(threads or None),
+    )  # fmt: skip
+    return futures.result()
+
+
+def champion_onnx(state: Path) -> Path:
+    """The registry champion's int8 ONNX file, downloaded under the state directory.
+
+    Raises:
+        CheckpointError: the registry has no champion.
+    """
+    from tasks.tracking.registry import download_alias
+
+    found = download_alias("champion", state / "models" / "champion")
+    if found is None:
+        raise CheckpointError(state, "the registry has no champion; pass model=PATH")
+    return Path(found.path)
+
+
+@flow(name="score-build", log_prints=True)
+def score_build(
+    build: str,
+    model: str = "",
+    out: str = "",
+    min_area: int = 20,
+    runner: str = "local",
+    dask_address: str = "",
+    workers: int = 0,
+    database: str = "",
+) -> dict:
+    """Score every layer of ``build``; write tables, masks and the report into ``out``.
+
+    Args:
+        build: the build's directory or zip (any layout ``pbf prepare`` reads).
+        model: a model file; empty = the registry champion's int8 ONNX.
+        out: output directory; empty = ``<state dir>/scores/<build name>``.
+        min_area: a layer is flagged when one of its components has this many px.
+        runner: ``local`` (one process) or ``dask``.
+        dask_address: an existing Dask scheduler (``tcp://HOST:PORT``); empty = a LocalCluster.
+        workers: LocalCluster workers; 0 = one per core.
+        database: SQLAlchemy URL for the rows; empty = ``PBF_RESULTS_DB`` or SQLite in the
+            state directory; ``off`` = none.
+
+    Returns:
+        The build's summary (``summary.json``) with the report's path.
+    """
+    how = Runner(runner, dask_address or None, workers or None)  # type: ignore[arg-type]
+    state = Settings().state_dir.resolve()
+    model_path = Path(model) if model else champion_onnx(state)
+    target = Path(out) if out else state / "scores" / Path(build).name
+    key = model_key(model_path, read_model_spec(model_path))
+    found = discover_build(build, target)
+    runner_, threads = task_runner(how)
+    layers = score_layers.with_options(task_runner=runner_)(
+        found, str(model_path), str(target), key, threads
+    )
+    result = finish_build(build, model_path, target, layers, found.source.records, min_area)
+    summary = {**result.summary(), "report": str(target / "report.html")}
+    if database != "off":
+        url = database or Settings().results_url()
+        upsert_build(url, str(Path(build).resolve()), result, model_path.name)
+    create_markdown_artifact(
+        key="build-score",
+        markdown=f"# {Path(build).name}\n\n**{summary['verdict']}** "
+        f"({result.scored} layers scored, {result.reused} reused, model `{model_path.name}`)\n\n"
+        f"Report: [{target / 'report.html'}](file://{target / 'report.html'})",
+        description=f"build score of {Path(build).name}",
+    )
+    print(f"{summary['verdict']}; report {summary['report']}")
+    return summary

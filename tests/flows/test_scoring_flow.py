@@ -1,0 +1,63 @@
+"""The score-build flow under a Prefect test server: in-process and on a Dask LocalCluster
+(prefect-dask), the same tables as ``pbf score``; a markdown artifact links the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from pbf_core.model.checkpoints import save_checkpoint
+from pbf_core.model.factory import model_from_spec
+from pbf_core.model.spec import ModelSpec
+from pbf_core.scoring.build import score_build as score_build_step
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import torch
+
+    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=64,
+                     tile_overlap=8, threshold=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    return save_checkpoint(
+        tmp_path_factory.mktemp("m") / "model.safetensors", model_from_spec(spec), spec
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(model, synthetic_build, tmp_path_factory):
+    return score_build_step(synthetic_build, model, tmp_path_factory.mktemp("ref"))
+
+
+def _rows(result_layers):
+    return [
+        (s.score.layer, s.score.usable, s.score.reason, s.score.defect_pixels)
+        for s in result_layers
+    ]
+
+
+@pytest.mark.parametrize("runner", ["local", "dask"])
+def test_flow_scores_like_the_command(prefect_harness, state_dir, model, synthetic_build,
+                                      reference, tmp_path, runner):  # fmt: skip
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    from flows.scoring import score_build
+
+    out = tmp_path / runner
+    summary = score_build(str(synthetic_build), model=str(model), out=str(out), runner=runner,
+                          workers=2)  # fmt: skip
+    assert summary["verdict"] == reference.summary()["verdict"]
+    assert json.loads((out / "summary.json").read_text())["defects"] == len(reference.defects)
+    assert (out / "report.html").is_file() and summary["scored"] == len(reference.layers)
+
+    async def artifact():
+        async with get_client() as client:
+            return await client.read_latest_artifacts()
+
+    import asyncio
+
+    latest = [a for a in asyncio.run(artifact()) if a.key == "build-score"]
+    assert latest and "report.html" in latest[0].data
