@@ -13,6 +13,7 @@ markdown artifact links the report.
 # process that runs the flow (see flows/training.py).
 
 import os
+import time
 from pathlib import Path
 
 from prefect import flow, task, unmapped
@@ -62,8 +63,9 @@ def score_layers(found, model: str, out: str, key: str, threads: int) -> list[Sc
     return futures.result()
 
 
-def champion_onnx(state: Path) -> Path:
-    """The registry champion's int8 ONNX file, downloaded under the state directory.
+def champion_onnx(state: Path) -> tuple[Path, str]:
+    """The registry champion's int8 ONNX file, downloaded under the state directory, and its
+    version.
 
     Raises:
         CheckpointError: the registry has no champion.
@@ -73,7 +75,17 @@ def champion_onnx(state: Path) -> Path:
     found = download_alias("champion", state / "models" / "champion")
     if found is None:
         raise CheckpointError(state, "the registry has no champion; pass model=PATH")
-    return Path(found.path)
+    return Path(found.path), found.version
+
+
+@task(name="log-build-score", retries=1, retry_delay_seconds=5)
+def log_build_score(
+    build: str, model: str, version: str | None, runner: str, summary: dict, seconds: float
+) -> str:
+    """The scoring as an MLflow run against the model version it used; returns its id."""
+    from tasks.tracking.runs import log_build_score as log
+
+    return log(build, model, version, runner, summary, seconds)
 
 
 @flow(name="score-build", log_prints=True)
@@ -105,7 +117,8 @@ def score_build(
     """
     how = Runner(runner, dask_address or None, workers or None)  # type: ignore[arg-type]
     state = Settings().state_dir.resolve()
-    model_path = Path(model) if model else champion_onnx(state)
+    started = time.perf_counter()
+    model_path, version = (Path(model), None) if model else champion_onnx(state)
     target = Path(out) if out else state / "scores" / Path(build).name
     key = model_key(model_path, read_model_spec(model_path))
     found = discover_build(build, target)
@@ -118,6 +131,10 @@ def score_build(
     if database != "off":
         url = database or Settings().results_url()
         upsert_build(url, str(Path(build).resolve()), result, model_path.name)
+    seconds = time.perf_counter() - started
+    summary["mlflow_run_id"] = log_build_score(
+        str(Path(build).resolve()), str(model_path), version, runner, summary, seconds
+    )
     create_markdown_artifact(
         key="build-score",
         markdown=f"# {Path(build).name}\n\n**{summary['verdict']}** "

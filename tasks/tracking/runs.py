@@ -206,3 +206,40 @@ def parity_metrics(quantized: QuantizedModel) -> dict[str, float]:
 
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status)
+
+
+BUILD_SCORES = "pbf-build-scores"
+
+
+def log_build_score(
+    build: str, model: str, model_version: str | None, runner: str, summary: Mapping, seconds: float
+) -> str:
+    """One MLflow run per build scoring, in the ``pbf-build-scores`` experiment, against the
+    model version it used: params (build, model, version, runner), metrics (layers, flagged
+    layers, 3D defects, layers/s) and the report as an artifact. Returns the run id."""
+    store = resolve_store()
+    mc = client(store)
+    exp_id = _experiment(mc, store, BUILD_SCORES)
+    tags = {"pbf.build": build, **({"pbf.model_version": model_version} if model_version else {})}
+    run_id = mc.create_run(
+        exp_id, tags=tags, run_name=f"{Path(build).name}-{time.strftime('%m%d-%H%M%S')}"
+    ).info.run_id
+    params = {
+        "build": build,
+        "model": model,
+        "model_version": model_version or "-",
+        "runner": runner,
+    }
+    for k, v in params.items():
+        mc.log_param(run_id, k, v)
+    metrics = {"layers": summary["layers"], "usable_layers": summary["usable"],
+               "flagged_layers": len(summary["flagged"]), "defects_3d": summary["defects"],
+               "scored_layers": summary["scored"],
+               "layers_per_s": summary["scored"] / seconds if seconds > 0 else 0.0}  # fmt: skip
+    log_metrics(run_id, metrics)
+    report = Path(summary["report"])
+    for name in ("report.html", "report.json", "summary.json"):
+        if (report.parent / name).is_file():
+            mc.log_artifact(run_id, str(report.parent / name), "report")
+    mc.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -61,3 +61,23 @@ def test_flow_scores_like_the_command(prefect_harness, state_dir, model, synthet
 
     latest = [a for a in asyncio.run(artifact()) if a.key == "build-score"]
     assert latest and "report.html" in latest[0].data
+
+    from tasks.tracking.store import client
+
+    run = client().get_run(summary["mlflow_run_id"])
+    assert run.data.params["runner"] == runner and run.info.status == "FINISHED"
+    assert (
+        run.data.metrics["layers"] == len(reference.layers) and run.data.metrics["layers_per_s"] > 0
+    )
+    assert run.data.metrics["flagged_layers"] == len(reference.flagged)
+    listed = {a.path for a in client().list_artifacts(run.info.run_id, "report")}
+    assert "report/report.html" in listed
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{state_dir / 'results.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("select count(*) from pbf_layers where build = :b"),
+                            {"b": str(synthetic_build.resolve())}).scalar()  # fmt: skip
+    engine.dispose()
+    assert rows == len(reference.layers)  # upserted: the second runner replaced the first's rows
