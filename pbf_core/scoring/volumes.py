@@ -75,10 +75,10 @@ class DefectJoiner:
         return i
 
     def add(self, labels: np.ndarray | None, components: list[Component]) -> None:
-        """The next layer: its label image and components (None for a layer not scored,
-        which breaks every chain: nothing joins across it)."""
+        """The next layer: its label image and components. None for a frame that was not
+        usable (a blank, partial or repeated shot): it is skipped, so the layers on either side
+        of it join as neighbours."""
         if labels is None:
-            self._previous = None
             return
         index: dict[int, int] = {}
         for c in components:

@@ -41,12 +41,14 @@ def test_branches_that_merge_stay_one_defect_and_distant_ones_stay_apart():
     assert defects[0].voxels == 9 + 9 + 9 and defects[1].voxels == 9
 
 
-def test_a_layer_that_was_not_scored_breaks_the_chain():
+def test_an_unusable_frame_between_two_layers_does_not_split_a_defect():
     joiner = DefectJoiner()
     _feed(joiner, 0, _mask((4, 4, 7, 7)))
-    joiner.add(None, [])  # unusable frame
+    joiner.add(None, [])  # a blank or partial shot between the layers
     _feed(joiner, 2, _mask((4, 4, 7, 7)))
-    assert [d.layers for d in joiner.defects()] == [1, 1]
+    _feed(joiner, 3, _mask())  # a layer without the defect ends it
+    _feed(joiner, 4, _mask((4, 4, 7, 7)))
+    assert [(d.z_min, d.z_max, d.layers) for d in joiner.defects()] == [(0, 2, 2), (4, 4, 1)]
 
 
 def test_layers_of_another_size_are_never_joined():
