@@ -31,6 +31,10 @@ def synth(
             "look (lab, bright, dim, speckle, am04; foundry is held out of training) or mixed."
         ),
     ] = None,
+    volume_defects: Annotated[
+        float | None,
+        typer.Option(help="3D defects (pore columns through 2-12 layers) per 100 layers."),
+    ] = None,
 ) -> None:
     """Generate a synthetic PBF build: 16-bit a/b/c layer triplets, true masks, manifest."""
     from pbf_core.config import SynthConfig, load_config
@@ -46,6 +50,7 @@ def synth(
         defects_per_layer=defects_per_layer,
         noise_frames=noise_frames,
         style=style,
+        volume_defects=volume_defects,
     )
     with progress_bar("synthesising layers") as progress:
         manifest = generate_build(out, cfg, progress=progress)

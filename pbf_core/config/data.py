@@ -28,6 +28,13 @@ class SynthConfig(Frozen):
         description="look of the layers (data/synthetic/styles.py): classic = one fixed look; a "
         "family draws each layer's from wide ranges; mixed = a training family per layer",
     )
+    volume_defects: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="3D defects per 100 layers: pores and lack-of-fusion columns through 2-12 "
+        "consecutive layers, recorded with an id (0 = none: every defect lives in one layer)",
+    )
 
 
 class FilterConfig(Frozen):

@@ -65,3 +65,33 @@ def test_an_empty_build_has_no_defects():
     joiner = DefectJoiner()
     _feed(joiner, 0, _mask())
     assert joiner.defects() == [] and joiner.defect_ids() == []
+
+
+def test_synthetic_3d_defects_continue_through_layers_and_join_back():
+    """The generator's 3D defects are slices with one id in consecutive layers; joining the true
+    masks' components gives each of them back as one 3D defect."""
+    from pbf_core.config import SynthConfig
+    from pbf_core.data.synthetic import render_layer
+    from pbf_core.data.synthetic.volumes import plan_volumes
+
+    plain = SynthConfig(layers=16, size=128, seed=3, noise_frames=0)
+    cfg = plain.model_copy(update={"volume_defects": 40.0})
+    volumes = plan_volumes(cfg)
+    assert volumes and plan_volumes(plain) == ()
+    joiner, slices = DefectJoiner(), {}
+    for z in range(cfg.layers):
+        layer, before = render_layer(cfg, z), render_layer(plain, z)
+        assert [d for d in layer.defects if d.volume is None] == list(before.defects)
+        for d in layer.defects:
+            if d.volume is not None:
+                slices.setdefault(d.volume, []).append((z, d.bbox))
+        labels, comps = layer_components(f"L{z}", z, layer.truth, layer.truth.astype(np.float32))
+        joiner.add(labels, comps)
+    joined = joiner.defects()
+    for v in volumes:
+        zs = [z for z, _ in slices.get(v.id, [])]
+        assert zs == list(range(v.z0, v.z1))  # one slice in every layer it spans
+        x0, y0 = slices[v.id][0][1][:2]
+        match = [d for d in joined if d.z_min <= v.z0 and d.z_max >= v.z1 - 1
+                 and d.x0 <= x0 < d.x1 and d.y0 <= y0 < d.y1]  # fmt: skip
+        assert len(match) == 1, v

@@ -13,6 +13,7 @@ from pbf_core.data.synthetic.fields import _STREAM_FRAMES, _rng
 from pbf_core.data.synthetic.parts import HATCH_ROTATION_DEG
 from pbf_core.data.synthetic.render import VIEW_AZIMUTH_DEG, render_frame
 from pbf_core.data.synthetic.specs import NOISE_KINDS, FrameSpec
+from pbf_core.data.synthetic.volumes import plan_volumes
 from pbf_core.errors import DatasetError
 from pbf_core.files import write_json
 
@@ -119,6 +120,7 @@ def _build_manifest(cfg: SynthConfig, entries: list[dict]) -> dict:
         "defect_types": list(DEFECT_TYPES),
         "bbox_convention": "x0, y0 inclusive; x1, y1 exclusive (px)",
         "layers": entries,
+        **({"volumes": [v.to_dict() for v in plan_volumes(cfg)]} if cfg.volume_defects else {}),
     }
 
 

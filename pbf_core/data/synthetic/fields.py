@@ -16,6 +16,7 @@ _STREAM_FRAMES = 2
 _STREAM_LAYER = 3
 _STREAM_NOISE = 4
 _STREAM_EFFECTS = 6  # styles.py uses 5 for the looks
+_STREAM_VOLUMES = 7
 
 
 def _rng(cfg: SynthConfig, *keys: int) -> np.random.Generator:

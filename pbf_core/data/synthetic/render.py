@@ -29,6 +29,7 @@ from pbf_core.data.synthetic.specs import (
     RenderedLayer,
 )
 from pbf_core.data.synthetic.styles import CLASSIC, Look, draw_look
+from pbf_core.data.synthetic.volumes import paint_volumes
 
 #: Lighting azimuth of views a, b, c in the classic look (degrees, x axis = 0, y pointing down).
 VIEW_AZIMUTH_DEG: tuple[float, ...] = CLASSIC.azimuths
@@ -197,6 +198,9 @@ def render_layer(cfg: SynthConfig, z: int, variant: int = 0) -> RenderedLayer:
     look = draw_look(cfg, z, variant)
     expected, part, angle = _layer_expected(cfg, z, rng, plan_parts(cfg), look)
     truth, types, defects = _paint_defects(rng, cfg, expected, part, look)
+    if cfg.volume_defects > 0:  # 3D defects draw from a stream of their own
+        defects += tuple(paint_volumes(cfg, z, variant, expected, types, part, look))
+        truth = types > 0
     if not look.effects:
         views = _sensor(rng, expected, look)
     else:  # the extra effects draw from a stream of their own: the classic draws stay the same

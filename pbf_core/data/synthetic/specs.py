@@ -59,14 +59,20 @@ class Defect:
     bbox: tuple[int, int, int, int]
     area: int
     on_part: bool
+    volume: int | None = (
+        None  # id of the 3D defect it is a slice of (``SynthConfig.volume_defects``)
+    )
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "type": self.type,
             "bbox": list(self.bbox),
             "area": self.area,
             "on_part": self.on_part,
         }
+        if self.volume is not None:
+            out["volume"] = self.volume
+        return out
 
 
 @dataclass(frozen=True)
