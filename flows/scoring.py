@@ -135,12 +135,17 @@ def score_build(
     summary["mlflow_run_id"] = log_build_score(
         str(Path(build).resolve()), str(model_path), version, runner, summary, seconds
     )
+    _publish(build, model_path, target, result, summary)
+    print(f"{summary['verdict']}; report {summary['report']}")
+    return summary
+
+
+def _publish(build: str, model: Path, target: Path, result, summary: dict) -> None:
+    """The markdown artifact linking the report."""
     create_markdown_artifact(
         key="build-score",
         markdown=f"# {Path(build).name}\n\n**{summary['verdict']}** "
-        f"({result.scored} layers scored, {result.reused} reused, model `{model_path.name}`)\n\n"
+        f"({result.scored} layers scored, {result.reused} reused, model `{model.name}`)\n\n"
         f"Report: [{target / 'report.html'}](file://{target / 'report.html'})",
         description=f"build score of {Path(build).name}",
     )
-    print(f"{summary['verdict']}; report {summary['report']}")
-    return summary

@@ -59,12 +59,16 @@ def score(
     summary = result.summary()
     say(f"{summary['verdict']} ({result.scored} layers scored, {result.reused} reused)")
     if database != "off":
-        from pbf_core.config import Settings
-        from pbf_core.scoring.database import upsert_build
-
-        url = database or Settings().results_url()
-        rows = upsert_build(url, str(build.resolve()), result, model.name)
-        say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
+        _to_database(database, build, model, result)
     for layer, reason in summary["unusable"].items():
         say(f"  unusable {layer}: {reason}")
     say(f"tables: {out}/layers.parquet, components.parquet, defects.parquet; {out}/summary.json")
+
+
+def _to_database(database: str | None, build: Path, model: Path, result) -> None:
+    from pbf_core.config import Settings
+    from pbf_core.scoring.database import upsert_build
+
+    url = database or Settings().results_url()
+    rows = upsert_build(url, str(build.resolve()), result, model.name)
+    say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
