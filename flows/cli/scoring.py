@@ -54,6 +54,8 @@ def score(
         how = Runner(runner, dask_address, workers)  # type: ignore[arg-type]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--runner/--dask-address/--workers") from None
+    if model is None:
+        model = _champion()
     with progress_bar("scoring layers") as progress:
         result = score_build(build, model, out, min_area, how, progress)
     summary = result.summary()
@@ -72,3 +74,19 @@ def _to_database(database: str | None, build: Path, model: Path, result) -> None
     url = database or Settings().results_url()
     rows = upsert_build(url, str(build.resolve()), result, model.name)
     say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
+
+
+def _champion() -> Path:
+    """The registry champion's int8 ONNX, downloaded under the state directory."""
+    from pbf_core.config import Settings
+    from pbf_core.errors import CheckpointError
+    from tasks.tracking.registry import download_alias
+
+    state = Settings().state_dir.resolve()
+    found = download_alias("champion", state / "models" / "champion")
+    if found is None:
+        raise CheckpointError(
+            state, "the registry has no champion yet; run `pbf run` or pass --model"
+        )
+    say(f"model: the champion, version {found.version} ({found.path.name})")
+    return Path(found.path)

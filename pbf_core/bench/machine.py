@@ -36,3 +36,10 @@ def machine_info() -> dict[str, Any]:
         "versions": versions,
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB); importable, so Dask workers can run it."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -45,11 +45,36 @@ class Runner:
             raise ValueError(f"dask address must look like tcp://HOST:PORT, got {self.address!r}")
 
 
+#: glibc's ``M_MMAP_THRESHOLD``: allocations above it are mmapped afresh each time.
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_layer_buffers_on_the_heap(limit: int = 32 * 2**20) -> bool:
+    """Let glibc serve allocations up to ``limit`` bytes from the heap (Linux; else a no-op).
+
+    Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which also freezes glibc's
+    mmap threshold at 128 KiB: every layer-sized array is then mmapped and faulted in afresh,
+    and a worker scores a layer about 1.5x slower than a plain process (measured: 0.73 vs 0.47
+    s per 512² layer). Returns whether the setting took.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not name.startswith("libc.so"):
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, limit))
+    except (OSError, AttributeError):
+        return False
+
+
 @functools.lru_cache(maxsize=4)
 def scoring_segmenter(model: str, threads: int | None, key: str) -> tuple[Segmenter, str]:
     """The model loaded once per process (``key`` tells versions of a file apart): ONNX on
     OpenVINO with ONNX Runtime as the fallback, or a checkpoint on PyTorch. Returns it and the
     runtime's name."""
+    keep_layer_buffers_on_the_heap()
     if Path(model).suffix == ".onnx":
         from pbf_core.deploy.metadata import read_onnx_spec
         from pbf_core.deploy.runtimes import open_predictor

@@ -145,3 +145,18 @@ def test_results_go_to_sql_and_a_rerun_duplicates_nothing(scored, tmp_path):
         ).scalar()
     engine.dispose()
     assert count == 2 * len(result.layers) and ids == len(result.defects)
+
+
+def test_pbf_score_without_a_model_and_no_champion_says_so(synthetic_build, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PBF_STATE_DIR": str(tmp_path / "state")}
+    env.pop("PBF_TRACKING_URI", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    pbf = Path(sys.executable).parent / "pbf"
+    out = subprocess.run([str(pbf), "score", str(synthetic_build), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert out.returncode == 2 and "no champion yet" in out.stderr

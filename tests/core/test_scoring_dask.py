@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,37 +55,11 @@ def test_a_local_dask_cluster_gives_the_same_tables(model, synthetic_build, loca
 @pytest.fixture
 def cluster(tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on loopback; yields the address."""
-    file = tmp_path / "scheduler.json"
-    common = ["--no-dashboard"]
-    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(file), *common],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert file.is_file(), "the scheduler wrote no scheduler file"
-        procs += [subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", str(file),
-                                    "--nthreads", "1", "--host", "127.0.0.1", *common],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                  for _ in range(2)]  # fmt: skip
-        import json
+    from helpers.processes import dask_cluster
 
-        address = json.loads(file.read_text())["address"]
+    with dask_cluster(BIN, tmp_path) as address:
         assert address.startswith("tcp://127.0.0.1:")
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_separately_started_scheduler_and_workers(model, synthetic_build, local, cluster, tmp_path):

@@ -37,18 +37,28 @@ def _rows(result_layers):
     ]
 
 
-@pytest.mark.parametrize("runner", ["local", "dask"])
+@pytest.mark.parametrize("runner", ["local", "dask", "dask-address"])
 def test_flow_scores_like_the_command(prefect_harness, state_dir, model, synthetic_build,
                                       reference, tmp_path, runner):  # fmt: skip
+    """In-process, on a LocalCluster, and on a scheduler and workers started as processes."""
+    import contextlib
     import json
+    import sys
+    from pathlib import Path
 
+    from helpers.processes import dask_cluster
     from prefect.client.orchestration import get_client
 
     from flows.scoring import score_build
 
     out = tmp_path / runner
-    summary = score_build(str(synthetic_build), model=str(model), out=str(out), runner=runner,
-                          workers=2)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        address = ""
+        if runner == "dask-address":
+            address = stack.enter_context(dask_cluster(Path(sys.executable).parent, tmp_path))
+        kind = runner.removesuffix("-address")
+        summary = score_build(str(synthetic_build), model=str(model), out=str(out), runner=kind,
+                              dask_address=address, workers=2)  # fmt: skip
     assert summary["verdict"] == reference.summary()["verdict"]
     assert json.loads((out / "summary.json").read_text())["defects"] == len(reference.defects)
     assert (out / "report.html").is_file() and summary["scored"] == len(reference.layers)
@@ -65,7 +75,7 @@ def test_flow_scores_like_the_command(prefect_harness, state_dir, model, synthet
     from tasks.tracking.store import client
 
     run = client().get_run(summary["mlflow_run_id"])
-    assert run.data.params["runner"] == runner and run.info.status == "FINISHED"
+    assert run.data.params["runner"] == kind and run.info.status == "FINISHED"
     assert (
         run.data.metrics["layers"] == len(reference.layers) and run.data.metrics["layers_per_s"] > 0
     )

@@ -70,3 +70,34 @@ def stop_tree(proc: subprocess.Popen, timeout_s: float = 20) -> None:
     for child in alive:
         child.kill()
     psutil.wait_procs(alive, timeout=5)
+
+
+@contextlib.contextmanager
+def dask_cluster(bin_dir: Path, work: Path, workers: int = 2, timeout_s: float = 90):
+    """``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes on
+    127.0.0.1, started as a user would; yields the scheduler's ``tcp://`` address."""
+    import json
+
+    file = work / "scheduler.json"
+    file.unlink(missing_ok=True)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--scheduler-file", str(file), "--no-dashboard"], **quiet)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not file.is_file():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise ServerStartError("dask scheduler wrote no scheduler file")
+            time.sleep(0.2)
+        procs += [subprocess.Popen([bin_dir / "dask", "worker", "--scheduler-file", str(file),
+                                    "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                                   **quiet) for _ in range(workers)]  # fmt: skip
+        address = json.loads(file.read_text())["address"]
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=timeout_s)
+        yield address
+    finally:
+        for p in reversed(procs):
+            stop_tree(p)
