@@ -16,13 +16,16 @@ def score(
         typer.Argument(help="The build: Kaggle a/b/c dir or .zip, images folder, synthetic build."),
     ],
     out: Annotated[Path, typer.Option(help="Directory for the tables, masks and summary.")],
-    model: Annotated[
-        Path,
-        typer.Option(help="Model file: .onnx with pbf metadata (int8 or fp32) or .safetensors."),
-    ],
     min_area: Annotated[
         int, typer.Option(min=1, help="A layer is flagged when a component has this many px.")
     ] = 20,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Model file: .onnx with pbf metadata (int8 or fp32) or .safetensors "
+            "(default: the registry's champion, int8)."
+        ),
+    ] = None,
     runner: Annotated[
         str, typer.Option(help="local (this process) or dask (a cluster, see --dask-address).")
     ] = "local",
