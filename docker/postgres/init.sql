@@ -1,2 +1,4 @@
--- One PostgreSQL for both servers: a database each (the default database is `mlflow`).
+-- One PostgreSQL for both servers and the build scores: a database each (the default database
+-- is `mlflow`).
 CREATE DATABASE prefect;
+CREATE DATABASE pbf_results;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,9 @@ def score(
             "under the state directory); 'off' to skip."
         ),
     ] = None,
+    track: Annotated[
+        bool, typer.Option(help="Log the scoring to MLflow (experiment pbf-build-scores).")
+    ] = True,
 ) -> None:
     """Score every layer of a build: parquet tables of layers, components and 3D defects.
 
@@ -57,14 +61,23 @@ def score(
         how = Runner(runner, dask_address, workers)  # type: ignore[arg-type]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--runner/--dask-address/--workers") from None
+    version = None
     if model is None:
-        model = _champion()
+        model, version = _champion()
+    started = time.perf_counter()
     with progress_bar("scoring layers") as progress:
         result = score_build(build, model, out, min_area, how, progress)
+    seconds = time.perf_counter() - started
     summary = result.summary()
     say(f"{summary['verdict']} ({result.scored} layers scored, {result.reused} reused)")
     if database != "off":
         _to_database(database, build, model, result)
+    if track:
+        from tasks.tracking.runs import log_build_score
+
+        report = {**summary, "report": str(out / "report.html")}
+        run_id = log_build_score(str(build.resolve()), str(model), version, runner, report, seconds)
+        say(f"MLflow run {run_id} (experiment pbf-build-scores)")
     for layer, reason in summary["unusable"].items():
         say(f"  unusable {layer}: {reason}")
     say(f"tables: {out}/layers.parquet, components.parquet, defects.parquet; {out}/summary.json")
@@ -79,7 +92,7 @@ def _to_database(database: str | None, build: Path, model: Path, result) -> None
     say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
 
 
-def _champion() -> Path:
+def _champion() -> tuple[Path, str]:
     """The registry champion's int8 ONNX, downloaded under the state directory."""
     from pbf_core.config import Settings
     from pbf_core.errors import CheckpointError
@@ -92,4 +105,4 @@ def _champion() -> Path:
             state, "the registry has no champion yet; run `pbf run` or pass --model"
         )
     say(f"model: the champion, version {found.version} ({found.path.name})")
-    return Path(found.path)
+    return Path(found.path), found.version

@@ -109,15 +109,21 @@ def test_pbf_score_prints_the_verdict_and_names_unusable_layers(model, synthetic
     from pathlib import Path
 
     pbf = Path(sys.executable).parent / "pbf"
+    import os
+
     db = f"sqlite:///{tmp_path / 'r.db'}"
+    env = {**os.environ, "PBF_STATE_DIR": str(tmp_path / "state")}
+    env.pop("PBF_TRACKING_URI", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     args = [str(pbf), "score", str(synthetic_build), "--out", str(tmp_path), "--database", db,
             "--model", str(model)]  # fmt: skip
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["verdict"] in out.stdout
     assert all(f"unusable {layer}: " in out.stdout for layer in summary["unusable"])
     assert f"database: {summary['layers']} layer rows, {summary['defects']} defects" in out.stdout
+    assert "MLflow run " in out.stdout and (tmp_path / "state" / "mlflow").is_dir()
     missing = subprocess.run(
         [*args[:-1], str(tmp_path / "nope.onnx")], capture_output=True, text=True, timeout=600
     )
@@ -160,3 +166,13 @@ def test_pbf_score_without_a_model_and_no_champion_says_so(synthetic_build, tmp_
     out = subprocess.run([str(pbf), "score", str(synthetic_build), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert out.returncode == 2 and "no champion yet" in out.stderr
+
+
+def test_the_results_database_is_sqlite_in_the_state_dir_unless_set(monkeypatch, tmp_path):
+    from pbf_core.config import Settings
+
+    monkeypatch.setenv("PBF_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("PBF_RESULTS_DB", raising=False)
+    assert Settings().results_url() == f"sqlite:///{tmp_path.resolve() / 'results.db'}"
+    monkeypatch.setenv("PBF_RESULTS_DB", "postgresql+psycopg2://u@db:5432/pbf_results")
+    assert Settings().results_url() == "postgresql+psycopg2://u@db:5432/pbf_results"
