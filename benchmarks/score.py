@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
@@ -71,7 +72,7 @@ def _score(build: str, model: str, out: str, how: dict, queue) -> None:
     address = how.get("address")
     if address is None:
         cluster = LocalCluster(n_workers=how["workers"], threads_per_worker=1, host="127.0.0.1",
-                               dashboard_address=None, processes=True)  # fmt: skip
+                               dashboard_address="127.0.0.1:0", processes=True)  # fmt: skip
         address = cluster.scheduler_address
     row = _timed(build, model, out, Runner("dask", address=address))
     with Client(address) as client:
@@ -86,7 +87,13 @@ def _run(build: Path, model: Path, out: Path, how: dict) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_score, args=(str(build), str(model), str(out), how, queue))
     proc.start()
-    row = queue.get(timeout=3600)
+    while True:  # a child that dies must not leave this waiting
+        try:
+            row = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"scoring on {how} failed (exit {proc.exitcode})") from None
     proc.join()
     return row
 
@@ -98,12 +105,12 @@ def _separate_cluster(work: Path, workers: int) -> tuple[str, list[subprocess.Po
     file = work / "scheduler.json"
     file.unlink(missing_ok=True)
     procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(file), "--no-dashboard"],
+                               "--scheduler-file", str(file), "--dashboard-address", "127.0.0.1:0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
     while not file.is_file():
         time.sleep(0.2)
     procs += [subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", str(file),
-                                "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                                "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
               for _ in range(workers)]  # fmt: skip
     address = json.loads(file.read_text())["address"]

@@ -48,7 +48,7 @@ def task_runner(runner: Runner) -> tuple[TaskRunner, int]:
         return DaskTaskRunner(address=runner.address), 1
     workers = runner.workers or os.cpu_count() or 1
     kwargs = {"n_workers": workers, "threads_per_worker": 1, "host": "127.0.0.1",
-              "dashboard_address": None, "processes": True}  # fmt: skip
+              "dashboard_address": "127.0.0.1:0", "processes": True}  # fmt: skip
     return DaskTaskRunner(cluster_kwargs=kwargs), 1
 
 

@@ -116,7 +116,7 @@ def dask_client(runner: Runner) -> Iterator:
     workers = runner.workers or os.cpu_count() or 1
     with (
         LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
-                     dashboard_address=None, processes=True) as cluster,
+                     dashboard_address="127.0.0.1:0", processes=True) as cluster,
         Client(cluster) as client,
     ):  # fmt: skip
         yield client

@@ -82,7 +82,7 @@ def dask_cluster(bin_dir: Path, work: Path, workers: int = 2, timeout_s: float =
     file.unlink(missing_ok=True)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(file), "--no-dashboard"], **quiet)]  # fmt: skip
+                               "--scheduler-file", str(file), "--dashboard-address", "127.0.0.1:0"], **quiet)]  # fmt: skip
     try:
         deadline = time.monotonic() + timeout_s
         while not file.is_file():
@@ -90,7 +90,7 @@ def dask_cluster(bin_dir: Path, work: Path, workers: int = 2, timeout_s: float =
                 raise ServerStartError("dask scheduler wrote no scheduler file")
             time.sleep(0.2)
         procs += [subprocess.Popen([bin_dir / "dask", "worker", "--scheduler-file", str(file),
-                                    "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                                    "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
                                    **quiet) for _ in range(workers)]  # fmt: skip
         address = json.loads(file.read_text())["address"]
         from distributed import Client
