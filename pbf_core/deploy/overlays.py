@@ -33,6 +33,14 @@ class Component:
         }
 
 
+def label_peaks(labels: np.ndarray, prob: np.ndarray, n: int) -> np.ndarray:
+    """``(n,)`` float32: the highest ``prob`` under each of the ``n`` labels (0 for label 0)."""
+    peak = np.zeros(n, np.float32)
+    fg = labels > 0
+    np.maximum.at(peak, labels[fg], prob[fg].astype(np.float32))
+    return peak
+
+
 def find_components(mask: np.ndarray, prob: np.ndarray) -> tuple[Component, ...]:
     """8-connected components of ``mask`` with bbox, area (px) and max of ``prob`` inside.
 
@@ -46,9 +54,7 @@ def find_components(mask: np.ndarray, prob: np.ndarray) -> tuple[Component, ...]
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if n <= 1:
         return ()
-    peak = np.zeros(n, np.float32)
-    fg = labels > 0
-    np.maximum.at(peak, labels[fg], prob[fg])
+    peak = label_peaks(labels, prob, n)
     comps = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])

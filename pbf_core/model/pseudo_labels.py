@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from pbf_core.config import AdaptConfig
+from pbf_core.deploy.overlays import label_peaks
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,7 @@ def pseudo_label(
         cfg: ``confident`` peak and ``ring`` width.
     """
     n, labels = cv2.connectedComponents((prob >= threshold).astype(np.uint8), connectivity=8)
-    peak = np.zeros(n, np.float32)
-    np.maximum.at(peak, labels.ravel(), prob.ravel().astype(np.float32))
+    peak = label_peaks(labels, prob, n)
     confirmed = np.zeros(n, bool)
     confirmed[np.unique(labels[weak])] = True
     confident = peak >= cfg.confident

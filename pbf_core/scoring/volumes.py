@@ -122,12 +122,12 @@ def layer_components(
     """A layer's 8-connected label image and its components (bbox, area, centroid, peak)."""
     import cv2
 
+    from pbf_core.deploy.overlays import label_peaks
+
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=8
     )
-    peak = np.zeros(n, np.float32)
-    fg = labels > 0
-    np.maximum.at(peak, labels[fg], prob[fg].astype(np.float32))
+    peak = label_peaks(labels, prob, n)
     comps = []
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
