@@ -23,11 +23,11 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pbf_core.config import Settings
 from pbf_core.data.layers import LayerRecord
-from pbf_core.errors import CheckpointError
 from pbf_core.scoring.build import discover_build, finish_build, model_key, read_model_spec
 from pbf_core.scoring.database import upsert_build
 from pbf_core.scoring.layers import ScoredLayer
 from pbf_core.scoring.runners import Runner, score_layer_file
+from tasks.tracking.registry import download_champion
 
 
 @task(name="score-layer", cache_policy=NO_CACHE, retries=1)
@@ -61,21 +61,6 @@ def score_layers(found, model: str, out: str, key: str, threads: int) -> list[Sc
         unmapped(model), unmapped(out), unmapped(key), unmapped(threads or None),
     )  # fmt: skip
     return futures.result()
-
-
-def champion_onnx(state: Path) -> tuple[Path, str]:
-    """The registry champion's int8 ONNX file, downloaded under the state directory, and its
-    version.
-
-    Raises:
-        CheckpointError: the registry has no champion.
-    """
-    from tasks.tracking.registry import download_alias
-
-    found = download_alias("champion", state / "models" / "champion")
-    if found is None:
-        raise CheckpointError(state, "the registry has no champion; pass model=PATH")
-    return Path(found.path), found.version
 
 
 @task(name="log-build-score", retries=1, retry_delay_seconds=5)
@@ -118,7 +103,9 @@ def score_build(
     how = Runner(runner, dask_address or None, workers or None)  # type: ignore[arg-type]
     state = Settings().state_dir.resolve()
     started = time.perf_counter()
-    model_path, version = (Path(model), None) if model else champion_onnx(state)
+    champion = None if model else download_champion()
+    model_path = Path(model) if model else Path(champion.path)
+    version = champion.version if champion else None
     target = Path(out) if out else state / "scores" / Path(build).name
     key = model_key(model_path, read_model_spec(model_path))
     found = discover_build(build, target)

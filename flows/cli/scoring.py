@@ -10,41 +10,47 @@ import typer
 
 from flows.cli.common import progress_bar, say
 
+BuildArg = Annotated[
+    Path,
+    typer.Argument(help="The build: Kaggle a/b/c dir or .zip, images folder, synthetic build."),
+]
+ModelOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Model file: .onnx with pbf metadata (int8 or fp32) or .safetensors "
+        "(default: the registry's champion, int8)."
+    ),
+]
+RunnerOption = Annotated[
+    str, typer.Option(help="local (this process) or dask (a cluster, see --dask-address).")
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="An existing Dask scheduler, tcp://HOST:PORT (default: a LocalCluster)."),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=1, help="LocalCluster worker processes (default: one per core).")
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        help="SQLAlchemy URL the rows are upserted into (default: PBF_RESULTS_DB, else SQLite "
+        "under the state directory); 'off' to skip."
+    ),
+]
+
 
 def score(
-    build: Annotated[
-        Path,
-        typer.Argument(help="The build: Kaggle a/b/c dir or .zip, images folder, synthetic build."),
-    ],
+    build: BuildArg,
     out: Annotated[Path, typer.Option(help="Directory for the tables, masks and summary.")],
     min_area: Annotated[
         int, typer.Option(min=1, help="A layer is flagged when a component has this many px.")
     ] = 20,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            help="Model file: .onnx with pbf metadata (int8 or fp32) or .safetensors "
-            "(default: the registry's champion, int8)."
-        ),
-    ] = None,
-    runner: Annotated[
-        str, typer.Option(help="local (this process) or dask (a cluster, see --dask-address).")
-    ] = "local",
-    dask_address: Annotated[
-        str | None,
-        typer.Option(help="An existing Dask scheduler, tcp://HOST:PORT (default: a LocalCluster)."),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="LocalCluster worker processes (default: one per core)."),
-    ] = None,
-    database: Annotated[
-        str | None,
-        typer.Option(
-            help="SQLAlchemy URL the rows are upserted into (default: PBF_RESULTS_DB, else SQLite "
-            "under the state directory); 'off' to skip."
-        ),
-    ] = None,
+    model: ModelOption = None,
+    runner: RunnerOption = "local",
+    dask_address: AddressOption = None,
+    workers: WorkersOption = None,
+    database: DatabaseOption = None,
     track: Annotated[
         bool, typer.Option(help="Log the scoring to MLflow (experiment pbf-build-scores).")
     ] = True,
@@ -54,16 +60,10 @@ def score(
     Layers already scored in OUT with the same model are reused, so an interrupted run resumes
     and a rerun scores nothing twice. Unusable layers are rows with the filter's reason.
     """
-    from pbf_core.scoring.runners import Runner
     from pbf_core.steps import score_build
 
-    try:
-        how = Runner(runner, dask_address, workers)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--runner/--dask-address/--workers") from None
-    version = None
-    if model is None:
-        model, version = _champion()
+    how = _runner(runner, dask_address, workers)
+    model, version = _model(model)
     started = time.perf_counter()
     with progress_bar("scoring layers") as progress:
         result = score_build(build, model, out, min_area, how, progress)
@@ -73,14 +73,38 @@ def score(
     if database != "off":
         _to_database(database, build, model, result)
     if track:
-        from tasks.tracking.runs import log_build_score
-
-        report = {**summary, "report": str(out / "report.html")}
-        run_id = log_build_score(str(build.resolve()), str(model), version, runner, report, seconds)
-        say(f"MLflow run {run_id} (experiment pbf-build-scores)")
+        _to_mlflow(build, model, version, runner, {**summary, "report": str(out / "report.html")},
+                   seconds)  # fmt: skip
     for layer, reason in summary["unusable"].items():
         say(f"  unusable {layer}: {reason}")
     say(f"tables: {out}/layers.parquet, components.parquet, defects.parquet; {out}/summary.json")
+
+
+def _runner(kind: str, address: str | None, workers: int | None):
+    from pbf_core.scoring.runners import Runner
+
+    try:
+        return Runner(kind, address, workers)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--runner/--dask-address/--workers") from None
+
+
+def _model(model: Path | None) -> tuple[Path, str | None]:
+    """The model file and its registry version: the given file, or the champion downloaded."""
+    if model is not None:
+        return model, None
+    from tasks.tracking.registry import download_champion
+
+    champion = download_champion()
+    say(f"model: the champion, version {champion.version} ({champion.path.name})")
+    return Path(champion.path), champion.version
+
+
+def _to_mlflow(build: Path, model: Path, version, runner: str, summary: dict, seconds: float):
+    from tasks.tracking.runs import log_build_score
+
+    run_id = log_build_score(str(build.resolve()), str(model), version, runner, summary, seconds)
+    say(f"MLflow run {run_id} (experiment pbf-build-scores)")
 
 
 def _to_database(database: str | None, build: Path, model: Path, result) -> None:
@@ -90,19 +114,3 @@ def _to_database(database: str | None, build: Path, model: Path, result) -> None
     url = database or Settings().results_url()
     rows = upsert_build(url, str(build.resolve()), result, model.name)
     say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
-
-
-def _champion() -> tuple[Path, str]:
-    """The registry champion's int8 ONNX, downloaded under the state directory."""
-    from pbf_core.config import Settings
-    from pbf_core.errors import CheckpointError
-    from tasks.tracking.registry import download_alias
-
-    state = Settings().state_dir.resolve()
-    found = download_alias("champion", state / "models" / "champion")
-    if found is None:
-        raise CheckpointError(
-            state, "the registry has no champion yet; run `pbf run` or pass --model"
-        )
-    say(f"model: the champion, version {found.version} ({found.path.name})")
-    return Path(found.path), found.version

@@ -244,3 +244,21 @@ def champion_run_id(settings: Settings | None = None) -> str | None:
     store = resolve_store(settings)
     champ = alias_version(client(store), store.registry_name, CHAMPION)
     return None if champ is None else champ.run_id
+
+
+def download_champion(settings: Settings | None = None) -> RegisteredFile:
+    """The champion's int8 ONNX, downloaded under ``<state dir>/models/champion``.
+
+    Raises:
+        CheckpointError: the registry has no champion.
+    """
+    from pbf_core.errors import CheckpointError
+
+    settings = settings or Settings()
+    state = settings.state_dir.resolve()
+    found = download_alias(CHAMPION, state / "models" / "champion", settings)
+    if found is None:
+        raise CheckpointError(
+            state, "the registry has no champion yet; run `pbf run` or pass a model file"
+        )
+    return found
