@@ -40,16 +40,16 @@ def _arguments() -> argparse.Namespace:
 def _timed(build: str, model: str, out: str, runner) -> dict:
     """``score_build``'s steps, timed apart: the layers mapped over the runner, then the serial
     end (3D joining, tables, report)."""
-    from pbf_core.scoring.build import discover_build, finish_build, model_key, read_model_spec
+    from pbf_core.scoring.build import ScoringModel, discover_build, finish_build
     from pbf_core.scoring.runners import map_layers
 
     start, out_dir = time.perf_counter(), Path(out)
     found = discover_build(build, out_dir)
-    key = model_key(model, read_model_spec(model))
+    scoring = ScoringModel.open(model)
     t0 = time.perf_counter()
-    layers = map_layers(found.source.records, found.digests, model, out_dir, key, runner)
+    layers = map_layers(found.source.records, found.digests, model, out_dir, scoring.key, runner)
     t1 = time.perf_counter()
-    result = finish_build(build, model, out_dir, layers, found.source.records)
+    result = finish_build(build, scoring, out_dir, layers, found.source.records)
     end = time.perf_counter()
     return {"seconds": end - start, "map_s": t1 - t0, "finish_s": end - t1,
             "layers": len(result.layers), "scored": result.scored,

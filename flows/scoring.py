@@ -23,7 +23,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pbf_core.config import Settings
 from pbf_core.data.layers import LayerRecord
-from pbf_core.scoring.build import discover_build, finish_build, model_key, read_model_spec
+from pbf_core.scoring.build import ScoringModel, discover_build, finish_build
 from pbf_core.scoring.database import upsert_build
 from pbf_core.scoring.layers import ScoredLayer
 from pbf_core.scoring.runners import Runner, score_layer_file
@@ -107,13 +107,13 @@ def score_build(
     model_path = Path(model) if model else Path(champion.path)
     version = champion.version if champion else None
     target = Path(out) if out else state / "scores" / Path(build).name
-    key = model_key(model_path, read_model_spec(model_path))
+    scoring = ScoringModel.open(model_path)
     found = discover_build(build, target)
     runner_, threads = task_runner(how)
     layers = score_layers.with_options(task_runner=runner_)(
-        found, str(model_path), str(target), key, threads
+        found, str(model_path), str(target), scoring.key, threads
     )
-    result = finish_build(build, model_path, target, layers, found.source.records, min_area)
+    result = finish_build(build, scoring, target, layers, found.source.records, min_area)
     summary = {**result.summary(), "report": str(target / "report.html")}
     if database != "off":
         url = database or Settings().results_url()

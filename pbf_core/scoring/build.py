@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pbf_core.data.layers import LayerRecord
 from pbf_core.data.prepare import DiscoveredLayers, discover_layers
@@ -126,9 +127,24 @@ def model_key(model: str | Path, spec) -> str:
     return f"{file_digest(model)}:{spec.threshold}"
 
 
+@dataclass(frozen=True)
+class ScoringModel:
+    """A model file with its spec and cache key, read once per scoring."""
+
+    path: Path
+    spec: Any
+    key: str
+
+    @classmethod
+    def open(cls, path: str | Path) -> ScoringModel:
+        """Read the spec and digest the file (CheckpointError/ExportError when unreadable)."""
+        spec = read_model_spec(path)
+        return cls(Path(path), spec, model_key(path, spec))
+
+
 def finish_build(
     raw: str | Path,
-    model: str | Path,
+    model: ScoringModel,
     out: Path,
     layers: list[ScoredLayer],
     records: Sequence[LayerRecord],
@@ -136,9 +152,8 @@ def finish_build(
 ) -> BuildScore:
     """Join the scored layers' defects in 3D; write the tables, summary and report
     (``records``: the build's raw layers, for the worst layers' overlays)."""
-    spec = read_model_spec(model)
     joined = join_defects(out, layers)
-    meta = {"model": Path(model).name, "model_digest": model_key(model, spec)}
+    meta = {"model": model.path.name, "model_digest": model.key}
     write_tables(out, layers, meta, joined)
     flagged = tuple(s.score.layer for s in layers if any(c.area >= min_area for c in s.components))
     reused = sum(s.reused for s in layers)
@@ -153,7 +168,7 @@ def finish_build(
     )
     write_json(out / "summary.json", result.summary())
     write_report(
-        result, f"Build report: {Path(raw).name}", worst_overlays(out, layers, records, spec)
+        result, f"Build report: {Path(raw).name}", worst_overlays(out, layers, records, model.spec)
     )
     return result
 
@@ -180,13 +195,13 @@ def score_build(
         DatasetError: missing, empty or unrecognised build.
         CheckpointError, ExportError: missing or unreadable model.
     """
-    out, spec = Path(out), read_model_spec(model)
+    out, scoring = Path(out), ScoringModel.open(model)
     found = discover_build(raw, out)
-    key = model_key(model, spec)
     layers = map_layers(
-        found.source.records, found.digests, str(model), out, key, runner or Runner(), progress
-    )
-    return finish_build(raw, model, out, layers, found.source.records, min_area)
+        found.source.records, found.digests, str(model), out, scoring.key, runner or Runner(),
+        progress,
+    )  # fmt: skip
+    return finish_build(raw, scoring, out, layers, found.source.records, min_area)
 
 
 def worst_overlays(out: Path, layers: list[ScoredLayer], records, spec, n: int = 3) -> dict:
