@@ -41,3 +41,20 @@ def am04() -> Path:
     if not AM04.is_dir():
         pytest.skip(f"real data not present at {AM04}")
     return AM04
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory) -> Path:
+    """A small untrained network (seed 0) at a low threshold: it marks something on every layer,
+    so build scoring has components to join (the numbers mean nothing)."""
+    import torch
+
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import model_from_spec
+    from pbf_core.model.spec import ModelSpec
+
+    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=64,
+                     tile_overlap=8, threshold=0.3)  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("untrained") / "model.safetensors"
+    return save_checkpoint(out, model_from_spec(spec), spec)

@@ -6,46 +6,27 @@ Needs Debian's ``chromium`` and axe-core from ``npm ci`` in ``tests/service``; s
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers.browser import audit, chromium
 
-from pbf_core.model.checkpoints import save_checkpoint
-from pbf_core.model.factory import model_from_spec
-from pbf_core.model.spec import ModelSpec
 from pbf_core.scoring.build import score_build
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-AXE = Path(__file__).resolve().parents[1] / "service" / "node_modules" / "axe-core" / "axe.min.js"
-
 
 @pytest.fixture(scope="module")
-def report(synthetic_build, tmp_path_factory) -> Path:
-    import torch
-
-    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=64,
-                     tile_overlap=8, threshold=0.3)  # fmt: skip
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("report")
-    model = save_checkpoint(root / "model.safetensors", model_from_spec(spec), spec)
-    score_build(synthetic_build, model, root / "out")
-    return root / "out"
+def report(synthetic_build, untrained_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "out"
+    score_build(synthetic_build, untrained_model, out)
+    return out
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.is_file() and not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        yield chromium
-        chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 def test_report_is_self_contained_accessible_and_shows_the_numbers(report, browser):
@@ -66,10 +47,6 @@ def test_report_is_self_contained_accessible_and_shows_the_numbers(report, brows
     assert area.count() == numbers["usable"]
     for img in page.get_by_role("img").all():
         assert img.get_attribute("alt") or img.get_attribute("aria-labelledby"), img
-    if not AXE.is_file():
-        pytest.skip(f"axe-core not installed ({AXE}); run `npm ci` in tests/service")
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("async () => await axe.run(document)")
-    bad = [v["id"] for v in result["violations"] if v["impact"] in ("serious", "critical")]
+    bad = [v["id"] for v in audit(page)]
     context.close()
     assert not bad and not errors and not outside, (bad, errors, outside)

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pbf_core.model.checkpoints import save_checkpoint
-from pbf_core.model.factory import model_from_spec
-from pbf_core.model.spec import ModelSpec
 from pbf_core.scoring.build import score_build
 from pbf_core.scoring.runners import Runner
 
@@ -19,15 +16,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    import torch
-
-    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=64,
-                     tile_overlap=8, threshold=0.3)  # fmt: skip
-    torch.manual_seed(0)
-    return save_checkpoint(
-        tmp_path_factory.mktemp("m") / "model.safetensors", model_from_spec(spec), spec
-    )
+def model(untrained_model):
+    return untrained_model
 
 
 @pytest.fixture(scope="module")
