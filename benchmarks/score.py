@@ -15,9 +15,9 @@ flagged; the generator's 3D defects found as one joined defect). Writes ``benchm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +25,8 @@ from queue import Empty
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(RESULTS.parents[1] / "tests"))  # the server-process helpers the tests use
+from helpers.processes import dask_cluster  # noqa: E402
 
 
 def _arguments() -> argparse.Namespace:
@@ -98,27 +100,6 @@ def _run(build: Path, model: Path, out: Path, how: dict) -> dict:
     return row
 
 
-def _separate_cluster(work: Path, workers: int) -> tuple[str, list[subprocess.Popen]]:
-    """``dask scheduler`` and ``workers`` ``dask worker`` processes on 127.0.0.1."""
-    from distributed import Client
-
-    file = work / "scheduler.json"
-    file.unlink(missing_ok=True)
-    procs = [subprocess.Popen([BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(file), "--dashboard-address", "127.0.0.1:0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
-    while not file.is_file():
-        time.sleep(0.2)
-    procs += [subprocess.Popen([BIN / "dask", "worker", "--scheduler-file", str(file),
-                                "--nthreads", "1", "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-              for _ in range(workers)]  # fmt: skip
-    address = json.loads(file.read_text())["address"]
-    with Client(address) as client:
-        client.wait_for_workers(workers, timeout=120)
-    return address, procs
-
-
 def _verdicts(build: Path, flagged: set[str]) -> dict:
     """Layer verdicts against the truth: layers with a true defect of >= 20 px, and clean ones."""
     import cv2
@@ -162,16 +143,11 @@ def main() -> None:
     rows = {}
     for name, how in CONFIGS.items():
         out = args.work / name.replace(" ", "-").replace(",", "")
-        procs = []
-        if "separate" in how:
-            address, procs = _separate_cluster(args.work, how["separate"])
-            how = {"kind": "dask", "address": address}
-        try:
+        with contextlib.ExitStack() as stack:
+            if "separate" in how:
+                cluster = dask_cluster(BIN, args.work, how["separate"], timeout_s=120)
+                how = {"kind": "dask", "address": stack.enter_context(cluster)}
             rows[name] = _run(build, args.model, out, how)
-        finally:
-            for p in procs:
-                p.terminate()
-                p.wait(timeout=30)
         rows[name]["layers_per_s"] = rows[name]["scored"] / rows[name]["seconds"]
         rows[name]["mapped_layers_per_s"] = rows[name]["scored"] / rows[name]["map_s"]
         print(name, json.dumps({k: v for k, v in rows[name].items() if k != "flagged"}))
