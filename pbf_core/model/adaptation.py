@@ -152,12 +152,16 @@ def label_layers(
     return out
 
 
-def guard_scores(segmenter: Segmenter, cfg: AdaptConfig) -> dict[str, float]:
-    """The segmenter on ``cfg.guard_layers`` fresh synthetic layers ({} when there are none)."""
+def guard_layers(cfg: AdaptConfig) -> list:
+    """``cfg.guard_layers`` fresh synthetic layers of the guard family (rendered once per run)."""
     if cfg.guard_layers < 1:
-        return {}
-    layers = held_out_layers(cfg.guard_style, cfg.guard_layers, cfg.guard_size, cfg.guard_seed)
-    return score_layers(model_masks(segmenter), layers)
+        return []
+    return held_out_layers(cfg.guard_style, cfg.guard_layers, cfg.guard_size, cfg.guard_seed)
+
+
+def guard_scores(segmenter: Segmenter, layers: list) -> dict[str, float]:
+    """The segmenter on the guard layers ({} when there are none)."""
+    return score_layers(model_masks(segmenter), layers) if layers else {}
 
 
 def decide_adaptation(
@@ -272,12 +276,13 @@ def adapt_model(
     device = str(resolve_device(ft.device))
     with torch_threads(ft.threads):
         segmenter = Segmenter.from_model(net, spec, device=device)
-        before, g_before = evaluate(segmenter, samples["eval"]), guard_scores(segmenter, cfg)
+        guard = guard_layers(cfg)
+        before, g_before = evaluate(segmenter, samples["eval"]), guard_scores(segmenter, guard)
         labels = {p: label_layers(segmenter, samples[p], cfg, progress) for p in ("train", "val")}
     history = _finetune(net, spec, samples, labels, (ft, cfg), progress)
     with torch_threads(ft.threads):
         segmenter = Segmenter.from_model(net, spec, device=device)
-        after, g_after = evaluate(segmenter, samples["eval"]), guard_scores(segmenter, cfg)
+        after, g_after = evaluate(segmenter, samples["eval"]), guard_scores(segmenter, guard)
     accepted, reason = decide_adaptation(before, after, (g_before, g_after), cfg)
     spec = _adapted_spec(spec, dataset, after)
     out = Path(out)
