@@ -109,8 +109,11 @@ def _to_mlflow(build: Path, model: Path, version, runner: str, summary: dict, se
 
 def _to_database(database: str | None, build: Path, model: Path, result) -> None:
     from pbf_core.config import Settings
+    from pbf_core.redaction import redact
     from pbf_core.scoring.database import upsert_build
 
     url = database or Settings().results_url()
     rows = upsert_build(url, str(build.resolve()), result, model.name)
-    say(f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {url}")
+    say(
+        f"database: {rows['pbf_layers']} layer rows, {rows['pbf_defects']} defects in {redact(url)}"
+    )

@@ -19,6 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from pbf_core.deploy.runtimes import open_predictor
+from pbf_core.redaction import redact
 from pbf_core.serving.model import ModelNotReadyError, ServedModel
 from pbf_core.serving.settings import ServeSettings
 
@@ -56,8 +57,10 @@ class BackgroundLoader(Generic[T]):
             try:
                 self._value = self._load()
             except Exception as exc:  # any failure is retried; the reason is kept for answers
-                self._error = f"{type(exc).__name__}: {exc}"
-                logger.warning("%s not loaded (%s); retrying in %.0f s", self._what, exc, wait)
+                self._error = redact(f"{type(exc).__name__}: {exc}")
+                logger.warning(
+                    "%s not loaded (%s); retrying in %.0f s", self._what, self._error, wait
+                )
                 time.sleep(wait)
                 wait = min(wait * 2, self._max_wait)
                 continue

@@ -15,6 +15,7 @@ from pbf_core.bench.report import BenchmarkReport
 from pbf_core.config import PipelineConfig
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.deploy.quantization import QuantizedModel
+from pbf_core.redaction import redact, without_credentials
 from pbf_core.summary import TrackingRun
 from tasks.tracking.store import Store, client, resolve_store
 
@@ -63,7 +64,7 @@ def start_run(
     exp_id = _experiment(mc, store, experiment_name(dataset.name))
     tags = {"pbf.dataset": dataset.name, "pbf.data_digest": dataset.digest}
     if flow_run_url:
-        tags["prefect.flow_run_url"] = flow_run_url
+        tags["prefect.flow_run_url"] = without_credentials(flow_run_url)
     name = f"{dataset.name}-{time.strftime('%m%d-%H%M%S')}"
     run_id = mc.create_run(exp_id, tags=tags, run_name=name).info.run_id
     try:
@@ -78,7 +79,7 @@ def _log_inputs(mc, run_id: str, config: PipelineConfig, dataset: PreparedDatase
     from mlflow.entities import DatasetInput, InputTag, Param
 
     params = [
-        Param(k, (json.dumps(v) if isinstance(v, list | dict) else str(v))[:_MAX_PARAM_CHARS])
+        Param(k, redact(json.dumps(v) if isinstance(v, list | dict) else str(v))[:_MAX_PARAM_CHARS])
         for k, v in flatten(config.model_dump(mode="json")).items()
     ]
     for i in range(0, len(params), _MAX_PARAMS_PER_CALL):

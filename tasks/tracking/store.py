@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pbf_core.config import Settings
+from pbf_core.redaction import without_credentials
 
 #: Where ``mlflow ui`` serves a local tracking store (the summary prints the command).
 LOCAL_UI_URL = "http://127.0.0.1:5000"
@@ -65,7 +66,7 @@ def _resolve(uri: str | None, state_dir: Path, registry_name: str) -> Store:
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
     if uri.startswith(("http://", "https://")):
-        return Store(uri, None, uri.rstrip("/"), registry_name)
+        return Store(uri, None, without_credentials(uri).rstrip("/"), registry_name)
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
