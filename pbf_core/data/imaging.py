@@ -32,7 +32,9 @@ SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP")
 _SUPPORTED_DTYPES = (np.uint8, np.uint16)
 
 
-def _check_header(data: bytes, source: str, max_pixels: int) -> tuple[str, tuple[int, int]]:
+def _check_header(
+    data: bytes, source: str, max_pixels: int, max_aspect: float | None = None
+) -> tuple[str, tuple[int, int]]:
     """Check the bytes can be an image of acceptable size without decoding the pixels."""
     if not data:
         raise ImageReadError(source, "empty file (0 bytes)")
@@ -57,11 +59,21 @@ def _check_header(data: bytes, source: str, max_pixels: int) -> tuple[str, tuple
         raise ImageReadError(source, f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,}")
     if w == 0 or h == 0:
         raise ImageReadError(source, f"zero-sized image {w}x{h}")
+    if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+        raise ImageReadError(
+            source,
+            f"{w}x{h} has an aspect ratio of {max(w, h) / min(w, h):,.0f}:1, over the limit "
+            f"{max_aspect:g}:1 (not a layer image)",
+        )
     return fmt, size
 
 
 def decode_image(
-    data: bytes, source: str = "<upload>", *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    source: str = "<upload>",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float | None = None,
 ) -> np.ndarray:
     """Decode encoded image bytes (e.g. an upload) exactly as stored.
 
@@ -69,6 +81,8 @@ def decode_image(
         data: the encoded file content (PNG, TIFF, JPEG or BMP; 8- or 16-bit; grey or colour).
         source: name used in error messages (a path or an upload's file name).
         max_pixels: refuse images with more pixels than this before decoding them.
+        max_aspect: refuse images whose long side exceeds this many times the short one (a
+            1x300,000 strip is no layer, and padding it to whole tiles costs gigabytes).
 
     Returns:
         ``(H, W)`` or ``(H, W, C)`` array (colour in RGB(A) order), ``uint8`` or ``uint16``.
@@ -77,7 +91,7 @@ def decode_image(
         ImageReadError: empty, unreadable, truncated, too large or of an unsupported bit depth
             (e.g. 32-bit float), naming the source and the reason.
     """
-    fmt, (w, h) = _check_header(data, source, max_pixels)
+    fmt, (w, h) = _check_header(data, source, max_pixels, max_aspect)
     buf = np.frombuffer(data, dtype=np.uint8)
     if fmt == "JPEG" and b"\xff\xd9" not in data[-4096:]:
         raise ImageReadError(source, "truncated JPEG (no end-of-image marker)")

@@ -102,7 +102,9 @@ class LayerSegmenter:
         except ModelNotReadyError as exc:
             raise UploadError(503, None, str(exc), "model") from None
         spec, limits = self._spec, self._settings
-        raw, mode = read_uploads(uploads, limits.max_upload_mb, limits.max_pixels)
+        raw, mode = read_uploads(
+            uploads, limits.max_upload_mb, limits.max_pixels, limits.max_aspect
+        )
         x = network_input(raw, mode, spec)
         prob = predict_tiled(
             self._runner.infer, x, spec.tile_size, spec.tile_overlap, limits.tiles_per_inference

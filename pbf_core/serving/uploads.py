@@ -29,18 +29,26 @@ RawLayer = np.ndarray | dict[str, np.ndarray]
 class UploadError(ValueError):
     """A request the service cannot use: HTTP status, the field at fault and the reason.
 
-    ``kind`` says what was wrong: ``request``, ``size``, ``image``, ``shape``, ``layer_set`` or
-    ``model``.
+    ``kind`` says what was wrong: ``request``, ``size``, ``timeout``, ``image``, ``shape``,
+    ``layer_set``, ``model``, ``busy`` or ``auth``.
     """
 
-    def __init__(self, status: int, field: str | None, reason: str, kind: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        field: str | None,
+        reason: str,
+        kind: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.status, self.field, self.reason, self.kind = status, field, reason, kind
+        self.headers = dict(headers or {})
         super().__init__(reason)
 
     def response(self) -> JSONResponse:
-        """The 4xx/5xx JSON answer: ``error``, ``kind`` and ``field``."""
+        """The 4xx/5xx JSON answer: ``error``, ``kind`` and ``field`` (and any ``headers``)."""
         body = {"error": self.reason, "kind": self.kind, "field": self.field}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def choose_mode(uploads: Mapping[str, Sequence[Path]]) -> Mode:
@@ -74,25 +82,33 @@ def choose_mode(uploads: Mapping[str, Sequence[Path]]) -> Mode:
     return "single" if SINGLE_FIELD in sent else "triplet"
 
 
-def read_upload(field: str, path: Path, max_mb: float, max_pixels: int) -> np.ndarray:
+def read_upload(
+    field: str, path: Path, max_mb: float, max_pixels: int, max_aspect: float | None = None
+) -> np.ndarray:
     """The uploaded file of ``field`` decoded as stored (``(H, W)`` or ``(H, W, C)``, uint8/16).
 
     Raises:
         UploadError: the file is over ``max_mb`` MiB (413), or not an image the service can
-            read, or over ``max_pixels`` pixels (422).
+            read, or over ``max_pixels`` pixels, or longer than ``max_aspect`` times its width
+            (or the reverse) (422); sizes are checked in the file's header, before decoding.
     """
     size = path.stat().st_size
     if size > int(max_mb * 1024**2):
         reason = f"upload {field!r}: {size:,} bytes exceeds {max_mb:g} MiB"
         raise UploadError(413, field, reason, "size")
     try:
-        return decode_image(path.read_bytes(), f"upload {field!r}", max_pixels=max_pixels)
+        return decode_image(
+            path.read_bytes(), f"upload {field!r}", max_pixels=max_pixels, max_aspect=max_aspect
+        )
     except ImageReadError as exc:
         raise UploadError(422, field, str(exc), "image") from None
 
 
 def read_uploads(
-    uploads: Mapping[str, Sequence[Path]], max_mb: float, max_pixels: int
+    uploads: Mapping[str, Sequence[Path]],
+    max_mb: float,
+    max_pixels: int,
+    max_aspect: float | None = None,
 ) -> tuple[RawLayer, Mode]:
     """The decoded single image or ``{a, b, c}`` mapping, and the mode.
 
@@ -100,6 +116,7 @@ def read_uploads(
         UploadError: see :func:`choose_mode` and :func:`read_upload`.
     """
     mode = choose_mode(uploads)
+    limits = (max_mb, max_pixels, max_aspect)
     if mode == "single":
-        return read_upload(SINGLE_FIELD, uploads[SINGLE_FIELD][0], max_mb, max_pixels), mode
-    return {k: read_upload(k, uploads[k][0], max_mb, max_pixels) for k in TRIPLET_FIELDS}, mode
+        return read_upload(SINGLE_FIELD, uploads[SINGLE_FIELD][0], *limits), mode
+    return {k: read_upload(k, uploads[k][0], *limits) for k in TRIPLET_FIELDS}, mode

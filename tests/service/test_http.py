@@ -170,10 +170,11 @@ def test_bad_upload_gets_4xx_json(server, name, route):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "status"),
     [
         pytest.param(
-            {"data": {"image": "http://127.0.0.1:1/x.png"}, "files": {"x": ("x", b"1")}},
+            {"data": {"image": "http://127.0.0.1:1/x.png"}, "files": {"a": ("x", b"1")}},
+            400,
             id="url-as-text",
         ),
         pytest.param(
@@ -181,17 +182,25 @@ def test_bad_upload_gets_4xx_json(server, name, route):
                 "content": b"garbage",
                 "headers": {"content-type": "multipart/form-data; boundary=xx"},
             },
+            400,
             id="malformed-multipart",
         ),
-        pytest.param({"json": {"image": "abc"}}, id="json-string"),
+        pytest.param({"files": {"x": ("x.png", b"1")}}, 400, id="unknown-field"),
+        pytest.param({"files": {"image": ("x" * 300, b"1")}}, 400, id="long-filename"),
+        pytest.param({"json": {"image": "abc"}}, 415, id="json-string"),
         pytest.param(
-            {"content": b"{oops", "headers": {"content-type": "application/json"}}, id="bad-json"
+            {"content": b"{oops", "headers": {"content-type": "application/json"}},
+            415,
+            id="bad-json",
         ),
+        pytest.param({"data": {"image": "http://127.0.0.1:1/x.png"}}, 415, id="urlencoded-url"),
+        pytest.param({"data": {f"f{i}": "1" for i in range(1500)}}, 415, id="urlencoded-1500"),
     ],
 )
-def test_malformed_request_gets_400_json(server, kwargs):
+def test_malformed_request_gets_4xx_json(server, kwargs, status):
+    """No input path of ours reads a value as a URL to fetch: such bodies are refused."""
     r = httpx.post(f"{server}/segment", timeout=30, **kwargs)
-    assert r.status_code == 400, r.text
+    assert r.status_code == status, r.text
     assert "error" in r.json()
 
 
