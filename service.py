@@ -7,8 +7,9 @@ batches across concurrent requests; by default it runs in each entry process.
 
 This file holds the BentoML classes, their API signatures and where the model comes from (the
 BentoML model store, or the tracking server's registry). The rest is in :mod:`pbf_core.serving`:
-upload checks, the request guard, the page, the model runners, segmentation and answers. The
-settings (``PBF_SERVE_*``) are documented in :mod:`pbf_core.serving.settings`.
+upload checks, the request guard and admission, the API key and security headers, the page, the
+model runners, segmentation and answers. The settings (``PBF_SERVE_*``) are documented in
+:mod:`pbf_core.serving.settings`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import Field
 
+from pbf_core.redaction import redact_logging
+from pbf_core.serving.access import AccessGuard
+from pbf_core.serving.admission import Admission
 from pbf_core.serving.answers import overlay_response, segment_json
-from pbf_core.serving.guard import RequestGuard
+from pbf_core.serving.guard import GuardLimits, RequestGuard
 from pbf_core.serving.memory import keep_freed_memory
 from pbf_core.serving.model import (
     ModelNotReadyError,
@@ -39,6 +43,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 SETTINGS = ServeSettings()
 
 keep_freed_memory(SETTINGS.heap_keep_mb)
+redact_logging("bentoml", "pbf")
 
 
 def _from_store(settings: ServeSettings) -> ServedModel:
@@ -196,10 +201,13 @@ class DefectService:
         return self._layers.answer({"image": image, "a": a, "b": b, "c": c}, overlay_response)
 
 
+# First added runs first: the key is checked before an upload is read.
+DefectService.add_asgi_middleware(AccessGuard, api_key=SETTINGS.api_key_value)
 DefectService.add_asgi_middleware(
     RequestGuard,
-    max_body_bytes=SETTINGS.max_body_bytes,
+    limits=GuardLimits(SETTINGS.max_body_bytes, SETTINGS.body_timeout_s),
     file_routes=("/segment", "/overlay"),
+    admission=Admission(SETTINGS.max_active, SETTINGS.max_queued),
 )
 
 __all__ = ["DefectService", "TileInference"]

@@ -3,12 +3,29 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const FIELD_INPUT = { image: "file-image", a: "file-a", b: "file-b", c: "file-c" };
+const FIELD_INPUT = { image: "file-image", a: "file-a", b: "file-b", c: "file-c", key: "api-key" };
+const KEY_STORE = "pbf-api-key"; // sessionStorage: the key lives as long as the tab
 const MAX_ROWS = 20; // regions listed in the table; the overlay and the mask show all
 let userChoseMode = false; // the model's preferred input is preselected only until the user picks
 
 function mode() {
   return document.querySelector('input[name="mode"]:checked').value;
+}
+
+// The API key, when the service asks for one (401): sent as X-API-Key with every call.
+function keyHeaders() {
+  const key = $("api-key").value.trim() || sessionStorage.getItem(KEY_STORE) || "";
+  return key ? { "X-API-Key": key } : {};
+}
+
+function askForKey() {
+  $("key-inputs").hidden = false;
+}
+
+function rememberKey() {
+  const key = $("api-key").value.trim();
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  else sessionStorage.removeItem(KEY_STORE);
 }
 
 function showMode() {
@@ -20,7 +37,12 @@ function showMode() {
 async function describeModel(attempt = 0) {
   const info = $("model-info");
   try {
-    const resp = await fetch("/model");
+    const resp = await fetch("/model", { headers: keyHeaders() });
+    if (resp.status === 401) {
+      askForKey();
+      info.textContent = "This service needs an API key: enter it below to see the model.";
+      return;
+    }
     const body = await resp.json();
     if (!resp.ok || !body.ready) throw new Error(body.error || resp.statusText);
     const { spec, info: id } = body;
@@ -144,12 +166,17 @@ async function analyze(event) {
   setBusy(true);
   $("status").textContent = "Analyzing the layer…";
   try {
-    const resp = await fetch("/segment", { method: "POST", body: data });
+    const resp = await fetch("/segment", { method: "POST", body: data, headers: keyHeaders() });
     let body = null;
     try {
       body = await resp.json();
     } catch {
       body = null;
+    }
+    if (resp.status === 401) {
+      askForKey();
+      fail("this service needs a valid API key: enter it in the API key field.", "key");
+      return;
     }
     if (!resp.ok) {
       fail(errorText(body, resp.status), body && !Array.isArray(body) ? body.field : null);
@@ -172,5 +199,10 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   showMode();
   $("upload").addEventListener("submit", analyze);
+  $("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
+  $("api-key").addEventListener("change", () => {
+    rememberKey();
+    describeModel();
+  });
   describeModel();
 });

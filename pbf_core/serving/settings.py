@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Files in the largest request (an a/b/c triplet).
@@ -51,8 +51,25 @@ class ServeSettings(BaseSettings):
         "pbf-defect-segmenter:latest", description="BentoML model tag (source `store`)."
     )
     alias: str = Field("champion", description="Registry alias (source `tracking`).")
-    max_upload_mb: float = Field(48.0, description="Largest file per upload field (MiB).")
-    max_pixels: int = Field(36_000_000, description="Most pixels per uploaded image.")
+    max_upload_mb: float = Field(48.0, gt=0, description="Largest file per upload field (MiB).")
+    max_pixels: int = Field(
+        16_777_216, gt=0, description="Most pixels per uploaded image (4096² by default)."
+    )
+    max_aspect: float = Field(
+        16.0, ge=1.0, description="Longest over shortest side of an uploaded image, at most."
+    )
+    max_active: int = Field(
+        2, gt=0, description="Requests segmented at once per entry process; the rest wait."
+    )
+    max_queued: int = Field(
+        16, ge=0, description="Requests waiting per entry process; beyond, 503 + Retry-After."
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds a client has to send a whole request body (else 408)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, API calls need it (`Authorization: Bearer` or `X-API-Key`)."
+    )
     threads: int = Field(1, description="Threads per inference; 0 = one per core.")
     max_batch_tiles: int = Field(32, description="Batching: most tiles per batch.")
     max_latency_ms: int = Field(60_000, description="Batching: latency budget (ms).")
@@ -78,6 +95,11 @@ class ServeSettings(BaseSettings):
         """Tiles per model call: set, or 3 in process (where the CPU time per tile of concurrent
         runs was lowest) and 16 to the batching service (fewer hops)."""
         return self.tiles_per_call or (16 if self.batching else 3)
+
+    @property
+    def api_key_value(self) -> str | None:
+        """The API key in clear (None: the service is open)."""
+        return self.api_key.get_secret_value() if self.api_key else None
 
     @property
     def registry_alias(self) -> str:

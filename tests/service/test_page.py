@@ -23,8 +23,11 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
-    context = browser.new_context()
+def page(browser, server, request):
+    """The page in a fresh context; its Content-Security-Policy enforced unless the test asks
+    (``indirect`` parameter True: the axe audit injects its script inline)."""
+    bypass = getattr(request, "param", False)
+    context = browser.new_context(bypass_csp=bypass)
     # Offline by design: any request outside the service (a CDN, fonts) fails the test.
     outside: list[str] = []
     context.route(
@@ -36,10 +39,16 @@ def page(browser, server):
         ),
     )
     page = context.new_page()
+    blocked: list[str] = []
+    page.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     page.goto(server + "/")
     yield page
     context.close()
     assert not outside, f"the page requested outside resources: {outside}"
+    assert not blocked, f"the page broke its own Content-Security-Policy: {blocked}"
 
 
 def test_upload_shows_overlay_and_announces_result(page, tmp_path):
@@ -90,6 +99,7 @@ def test_server_error_is_announced(page, tmp_path):
     assert "could not be analysed" in page.locator("#status").inner_text()
 
 
+@pytest.mark.parametrize("page", [True], indirect=True, ids=["csp-bypassed-for-axe"])
 def test_axe_finds_no_serious_violations(page, tmp_path):
     page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
     before = audit(page)
