@@ -23,8 +23,9 @@ from pbf_core.serving.uploads import UPLOAD_FIELDS, UploadError
 
 #: Bytes of a body kept in memory before it is spooled to disk, and the replay chunk size.
 SPOOL_BYTES = 64 * 1024
-#: Longest file name accepted (bytes of UTF-8), as on common file systems.
-MAX_FILENAME_BYTES = 255
+#: Longest file name accepted (bytes of UTF-8). BentoML keeps the name as the suffix of a
+#: temporary file, whose whole name a file system limits to 255 bytes.
+MAX_FILENAME_BYTES = 200
 #: Most parts of a multipart body: the files of a triplet and a few spare.
 MAX_PARTS = 8
 
@@ -45,7 +46,7 @@ class RequestGuard:
     - 415: anything but ``multipart/form-data`` (BentoML would read JSON or urlencoded values
       as URLs to fetch: an upload service has no business fetching URLs);
     - 400: a malformed multipart body, a field other than the upload fields, text where a file
-      is expected, a file name over 255 bytes, too many parts;
+      is expected, a file name over 200 bytes, too many parts;
     - 503 with ``Retry-After``: more requests waiting than ``admission`` queues.
     """
 
