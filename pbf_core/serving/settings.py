@@ -19,6 +19,20 @@ One single-threaded model per core serves the most requests per second; one requ
 runs on one core, so for the lowest latency of single requests set ``PBF_SERVE_WORKERS=1
 PBF_SERVE_THREADS=0``.
 
+Limits (each a setting; the defaults are safe on a 2-core, 24 GiB machine):
+
+- an upload is at most ``PBF_SERVE_MAX_UPLOAD_MB`` per file, ``PBF_SERVE_MAX_PIXELS`` per image
+  (4096² by default: a 6000² triplet would need ~1.3 GB to segment) and ``PBF_SERVE_MAX_ASPECT``
+  long side over short side (a 1x300,000 strip is no layer); checked in the image header,
+  before decoding (413/422);
+- a client has ``PBF_SERVE_BODY_TIMEOUT_S`` to send its whole body (408); bodies are spooled to
+  a temporary file as they arrive, so a stalled upload holds disk, not memory;
+- each entry process segments ``PBF_SERVE_MAX_ACTIVE`` requests at once and lets
+  ``PBF_SERVE_MAX_QUEUED`` wait; beyond, 503 with ``Retry-After``.
+
+``PBF_SERVE_API_KEY`` locks every path but the probes, the page's files and the API docs
+(:mod:`pbf_core.serving.access`).
+
 Where the model comes from (``PBF_SERVE_SOURCE``): ``store``, the BentoML model written by
 ``pbf package`` (the one a bento carries), or ``tracking``, the registry's
 ``models:/<registry>@<alias>`` on ``PBF_TRACKING_URI``/``MLFLOW_TRACKING_URI`` (the fp32 variant

@@ -14,8 +14,13 @@ import pytest
 from helpers.processes import free_port, stop_tree, wait_ready
 from service_support import REPO, bentoml_env, export_tiny_pair
 
-#: Small limits, so the size tests need small files: 1 MiB per file, 300k pixels per image.
-SERVER_ENV = {"PBF_SERVE_MAX_UPLOAD_MB": "1", "PBF_SERVE_MAX_PIXELS": "300000"}
+#: Small limits, so the size tests need small files: 1 MiB per file, 300k pixels per image, and
+#: a stalled body is cut off after 3 s.
+SERVER_ENV = {
+    "PBF_SERVE_MAX_UPLOAD_MB": "1",
+    "PBF_SERVE_MAX_PIXELS": "300000",
+    "PBF_SERVE_BODY_TIMEOUT_S": "3",
+}
 STARTUP_S = 180
 
 

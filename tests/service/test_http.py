@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import io
 import socket
+import time
 
 import cv2
 import httpx
@@ -220,6 +221,30 @@ def test_declared_oversize_body_refused_before_reading(server):
                 break
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_stalled_upload_is_cut_off_with_408(server):
+    """A client that sends part of its body and stops gets 408 when the body timeout (3 s here)
+    ends; the service does not wait for it forever."""
+    host, port = server.removeprefix("http://").split(":")
+    head = (
+        "POST /segment HTTP/1.1\r\nHost: test\r\nContent-Length: 500000\r\n"
+        "Content-Type: multipart/form-data; boundary=xx\r\n\r\n--xx\r\n"
+    )
+    started = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + b"x" * 1000)
+        answer = sock.recv(4096)
+    took = time.perf_counter() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b'"kind":"timeout"' in answer, answer[:300]
+    assert 2.5 < took < 20
+
+
+def test_a_thin_strip_is_refused_from_its_header(server):
+    """A 1x300,000 triplet (35 KB) once cost gigabytes to pad into tiles: refused at once."""
+    strip = png_bytes(np.zeros((1, 300_000), np.uint16))
+    r = post(server, "/segment", {v: (f"{v}.png", strip, "image/png") for v in "abc"})
+    assert r.status_code == 422 and "aspect ratio of 300,000:1" in r.json()["error"]
 
 
 def test_still_answers_after_bad_input(server):

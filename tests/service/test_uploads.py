@@ -68,6 +68,8 @@ def test_read_uploads_decodes_a_triplet_as_stored(tmp_path):
         (b"hello", {}, 422, "not a recognised image"),
         (b"", {}, 422, "empty file"),
         (png_bytes(np.zeros((50, 50), np.uint8)), {"max_pixels": 100}, 422, "too many pixels"),
+        (png_bytes(np.zeros((1, 3000), np.uint16)), {"max_aspect": 16}, 422, "3,000:1"),
+        (png_bytes(np.zeros((170, 10), np.uint8)), {"max_aspect": 16}, 422, "over the limit 16:1"),
     ],
 )
 def test_read_upload_refuses(tmp_path, content, limits, status, words):
@@ -84,3 +86,14 @@ def test_error_answers_as_json():
     response = UploadError(413, "a", "too big", "size").response()
     assert response.status_code == 413
     assert json.loads(response.body) == {"error": "too big", "kind": "size", "field": "a"}
+
+
+def test_read_upload_takes_an_image_at_the_aspect_limit(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(np.zeros((10, 160), np.uint8)))
+    assert read_upload("image", path, 1.0, 10_000, max_aspect=16).shape == (10, 160)
+
+
+def test_error_answers_carry_their_headers():
+    response = UploadError(503, None, "busy", "busy", {"Retry-After": "3"}).response()
+    assert response.status_code == 503 and response.headers["retry-after"] == "3"
