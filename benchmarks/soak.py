@@ -76,6 +76,20 @@ def rss_tree(pid: int) -> int:
     return total
 
 
+def rss_by_process(pid: int) -> dict[str, int]:
+    """RSS (MB) of each process of the tree, by pid and command."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out = {}
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            out[f"{proc.pid} {' '.join(proc.cmdline()[1:3])[:60]}"] = proc.memory_info().rss // MIB
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
 class Sampler:
     """RSS of a process tree every ``interval`` seconds on a thread, with a caller's counter."""
 
@@ -244,6 +258,7 @@ def soak(url: str, pid: int, forms, args) -> dict:
         "rss_after_warmup_mb": round(points[0, 1] / MIB) if len(points) else None,
         "rss_end_mb": round(s.samples[-1][2] / MIB),
         "rss_after_30s_idle_mb": round(idle / MIB),
+        "rss_by_process_end_mb": rss_by_process(pid),
         "rss_slope_kb_per_request": round(slope, 2) if slope is not None else None,
         "samples": [
             (c, round(r / MIB, 1)) for _, c, r in s.samples[:: max(1, len(s.samples) // 60)]
