@@ -45,24 +45,51 @@ class RegisteredFile:
     tags: dict[str, str]
 
 
-def _signature(channels: int):
-    import numpy as np
+#: The pyfunc model logged for every version (MLflow's models-from-code: this file is the model).
+PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
+#: The domain library the pyfunc model runs, copied into the logged model.
+CORE_PACKAGE = Path(__file__).resolve().parents[2] / "pbf_core"
+
+
+def _signature(views: tuple[str, ...]):
+    """Input: ``image`` or one column per view (encoded files); output: the prediction record."""
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
 
-    return ModelSignature(
-        Schema([TensorSpec(np.dtype("float32"), (-1, channels, -1, -1), "image")]),
-        Schema([TensorSpec(np.dtype("float32"), (-1, 1, -1, -1), "logits")]),
-    )
+    names = dict.fromkeys(("image", *views))  # a single-view model's one view is `image`
+    inputs = [ColSpec("binary", name, required=False) for name in names]
+    outputs = [
+        ColSpec(kind, name)
+        for kind, name in [
+            ("boolean", "is_defective"), ("double", "threshold"), ("double", "prob_max"),
+            ("double", "prob_mean"), ("double", "prob_p99"), ("double", "defect_area_pct"),
+            ("long", "num_components"), ("string", "components"), ("long", "width"),
+            ("long", "height"), ("string", "mask_png"),
+        ]
+    ]  # fmt: skip
+    return ModelSignature(Schema(inputs), Schema(outputs))
 
 
-def _log_onnx(run: TrackingRun, variant: str, path: Path, channels: int, tags: dict):
-    """Log one ONNX file as an MLflow model of the run (in the run's experiment)."""
+def _requirements() -> list[str]:
+    """What the logged model needs besides ``pbf_core`` (which it carries), pinned as here."""
+    from importlib.metadata import version
+
+    names = ("onnxruntime", "onnx", "numpy", "opencv-python-headless", "pillow", "pandas")
+    names += ("pydantic", "scipy")
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={version(name)}")
+        except Exception:
+            out.append(name)
+    return out
+
+
+def _log_onnx(run: TrackingRun, variant: str, path: Path, views: tuple[str, ...], tags: dict):
+    """Log one ONNX file as the run's pyfunc model (see :mod:`tasks.tracking.pyfunc_model`)."""
     import mlflow
-    import mlflow.onnx
-    import numpy as np
-    import onnx
-    import onnxruntime
+    import mlflow.pyfunc
+    from mlflow.models import Model
 
     client()  # points mlflow's module-level logging at the store
     logged = mlflow.initialize_logged_model(
@@ -70,20 +97,17 @@ def _log_onnx(run: TrackingRun, variant: str, path: Path, channels: int, tags: d
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mlflow.onnx.log_model(
-            onnx.load_model(str(path)),
+        return Model.log(
+            artifact_path=None,
+            flavor=mlflow.pyfunc,
             name=variant,
             run_id=run.run_id,
             model_id=logged.model_id,
-            signature=_signature(channels),
-            input_example=np.zeros((1, channels, 64, 64), np.float32),
-            pip_requirements=[
-                f"onnxruntime=={onnxruntime.__version__}",
-                f"onnx=={onnx.__version__}",
-                "numpy",
-            ],
-            onnx_execution_providers=["CPUExecutionProvider"],
-            save_as_external_data=False,
+            python_model=str(PYFUNC_MODEL),
+            artifacts={"onnx": str(path)},
+            code_paths=[str(CORE_PACKAGE)],
+            signature=_signature(views),
+            pip_requirements=_requirements(),
             tags=tags,
         )
 
@@ -117,7 +141,7 @@ def register_variants(
         )
     tags = _version_tags(run, quantized, dataset, evaluation)
     files = {"fp32": quantized.fp32, "int8": quantized.int8}
-    logged = {v: _log_onnx(run, v, files[v], dataset.channels, tags[v]) for v in ("fp32", "int8")}
+    logged = {v: _log_onnx(run, v, files[v], dataset.views, tags[v]) for v in ("fp32", "int8")}
     created: dict[str, str] = {}
     try:
         for variant, info in logged.items():

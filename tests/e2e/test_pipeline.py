@@ -160,8 +160,12 @@ def test_both_variants_of_both_runs_are_registered(env, deployment_run):
 
 
 def test_champion_alias_resolves_and_serves(env, deployment_run, tmp_path):
+    import cv2
     import mlflow
     import numpy as np
+    import pandas as pd
+
+    from pbf_core.deploy.metadata import read_onnx_spec
 
     mc = mlflow_client(env)
     champion = mc.get_model_version_by_alias(NAME, "champion")
@@ -170,8 +174,10 @@ def test_champion_alias_resolves_and_serves(env, deployment_run, tmp_path):
     assert champion.tags["promotion"] == "champion" and champion.run_id != challenger.run_id
     fp32 = mc.get_model_version_by_alias(NAME, "champion-fp32")
     assert fp32.run_id == champion.run_id and fp32.tags["variant"] == "fp32"
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    logits = model.predict(np.zeros((1, 3, 64, 64), np.float32))["logits"]
-    assert logits.shape == (1, 1, 64, 64)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=tmp_path))
-    assert any(local.rglob("*.onnx"))
+    spec = read_onnx_spec(next(local.rglob("*.onnx")))
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    png = cv2.imencode(".png", np.full((64, 80), 20_000, np.uint16))[1].tobytes()
+    answer = model.predict(pd.DataFrame([{v: png for v in spec.views}])).iloc[0]
+    assert (answer["width"], answer["height"]) == (80, 64)
+    assert answer["threshold"] == spec.threshold  # the model's own threshold

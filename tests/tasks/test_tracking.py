@@ -7,6 +7,7 @@ a registry failure midway leaves the aliases as they were.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ import pytest
 
 from pbf_core.config import PipelineConfig, PromotionConfig, Settings
 from pbf_core.data.dataset import PreparedDataset
+from pbf_core.deploy.metadata import set_metadata, spec_metadata
 from pbf_core.deploy.parity import Parity
 from pbf_core.deploy.quantization import QuantizedModel
 from pbf_core.evaluation.promotion import Scores, decide
 from pbf_core.evaluation.scores import Evaluation, LabelScores
+from pbf_core.model.spec import ModelSpec
 from tasks.tracking import registry, runs
 from tasks.tracking.store import client, resolve_store, ui_command
 
@@ -25,7 +28,8 @@ NAME = "pbf-defect-segmenter"
 
 
 def tiny_onnx(path: Path, gain: float) -> str:
-    """A 1x1 convolution ``(N, 1, H, W) -> (N, 1, H, W)``: a stand-in segmenter file."""
+    """A 1x1 convolution ``(N, 1, H, W) -> (N, 1, H, W)``: a stand-in segmenter file whose
+    probability is ``sigmoid(gain * x)``, with a spec (threshold 0.6) in its metadata."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -40,6 +44,11 @@ def tiny_onnx(path: Path, gain: float) -> str:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
+    spec = ModelSpec(
+        in_channels=1, views=("image",), tile_size=32, tile_overlap=0, threshold=0.6,
+        train_data_digest="tiny",
+    )  # fmt: skip
+    set_metadata(model, spec_metadata(spec, "onnx-fp32"))
     onnx.save_model(model, str(path))
     return str(path)
 
@@ -88,6 +97,18 @@ def register(store, dataset, tmp_path, gain: float):
     )
     evaluation = Evaluation(0.5, 1, scores(gain), scores(gain))
     return run, registry.register_variants(run, quantized, dataset, evaluation)
+
+
+@pytest.fixture
+def champion(store, dataset, tmp_path):
+    """The store's champion version (one registered and promoted here when there is none)."""
+    if registry.champion_summary() is None:
+        run, versions = register(store, dataset, tmp_path, gain=0.9)
+        first = decide(
+            Scores({"truth/dice": 0.9}, "e"), None, PromotionConfig(), parity_passed=True
+        )
+        registry.apply_decision(run, versions, first)
+    return registry.champion_summary()["version"]
 
 
 def aliases(mc) -> dict[str, str]:
@@ -160,14 +181,27 @@ def test_worse_candidate_does_not_become_champion(store, dataset, tmp_path):
     assert registry.champion_summary()["version"] == v1.int8
 
 
-def test_champion_alias_resolves_to_a_servable_onnx_model(store):
+def test_champion_alias_gives_a_mask_through_pyfunc(champion):
+    """``pyfunc.load_model(...@champion).predict`` takes encoded layer files and answers the
+    mask, components and probability summary with the model's own threshold."""
+    import base64
+
+    import cv2
     import mlflow
+    import pandas as pd
 
     client()
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    out = model.predict(np.ones((2, 1, 32, 48), np.float32))
-    assert np.allclose(out["logits"], 0.9)
-    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 1, -1, -1)
+    layer = np.full((40, 70), 1000, np.uint16)
+    layer[10:20, 30:45] = 60000
+    png = cv2.imencode(".png", layer)[1].tobytes()
+    out = model.predict(pd.DataFrame({"image": [png, png]}))
+    assert len(out) == 2 and bool(out.loc[0, "is_defective"])
+    assert out.loc[0, "threshold"] == 0.6 and out.loc[0, "num_components"] == 1
+    mask = cv2.imdecode(np.frombuffer(base64.b64decode(out.loc[0, "mask_png"]), np.uint8), 0)
+    assert mask.shape == (40, 70) and np.array_equal(mask > 0, layer > 30000)
+    assert json.loads(out.loc[0, "components"])[0]["bbox"] == [30, 10, 45, 20]
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image"]
 
 
 def test_alias_failure_midway_restores_previous_aliases(store, dataset, tmp_path, monkeypatch):
@@ -250,3 +284,45 @@ def test_champion_alias_downloads_the_int8_file(store, tmp_path):
     assert found is not None and found.path.suffix == ".onnx" and found.path.is_file()
     assert found.version == registry.champion_summary()["version"]
     assert found.tags["variant"] == "int8"
+
+
+@pytest.mark.integration
+def test_mlflow_models_serve_answers_a_mask(store, champion, tmp_path):
+    """A real ``mlflow models serve`` of the champion alias: base64 layer file in, mask out."""
+    import base64
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    import httpx
+    from helpers.processes import free_port, stop_tree, wait_ready
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve"]
+    cmd += ["-m", f"models:/{NAME}@champion", "--env-manager", "local"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    # MLflow starts `uvicorn` by name: this environment's, first on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "PATH": path}
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/ping", proc, log, 180)
+        layer = np.full((40, 70), 1000, np.uint16)
+        layer[10:20, 30:45] = 60000
+        png = base64.b64encode(cv2.imencode(".png", layer)[1].tobytes()).decode()
+        body = {"dataframe_split": {"columns": ["image"], "data": [[png]]}}
+        r = httpx.post(f"{url}/invocations", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        row = r.json()["predictions"][0]
+        assert row["is_defective"] and row["threshold"] == 0.6 and row["num_components"] == 1
+        mask = cv2.imdecode(np.frombuffer(base64.b64decode(row["mask_png"]), np.uint8), 0)
+        assert np.array_equal(mask > 0, layer > 30000)
+        bad = {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}}
+        refused = httpx.post(f"{url}/invocations", json=bad, timeout=60)
+        assert 400 <= refused.status_code < 600 and "not a recognised image" in refused.text
+    finally:
+        stop_tree(proc)
