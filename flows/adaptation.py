@@ -62,7 +62,7 @@ def adapt_model(
     try:
         adapted = model.adapt(str(source), dataset, config.adapt, train, run, str(out))
     except BaseException:
-        runs.finish_run(run, "FAILED")
+        runs.fail_run(run)
         raise
     runs.finish_run(run)
     print(f"adaptation {'accepted' if adapted.accepted else 'rejected'}: {adapted.reason}")

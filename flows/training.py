@@ -88,7 +88,7 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> RunSummary:  # 
         registry.promote(run, versions, decision)
         bento = registry.package_champion() if decision.promote else None
     except BaseException:
-        runs.finish_run(run, "FAILED")
+        runs.fail_run(run)
         raise
     runs.finish_run(run)
     summary = RunSummary(

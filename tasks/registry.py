@@ -16,6 +16,7 @@ from pbf_core.config import PromotionConfig
 from pbf_core.evaluation.promotion import CHAMPION, Champion
 from pbf_core.summary import RegisteredVersions, TrackingRun
 from tasks import packaging
+from tasks.runs import unless_unreachable
 from tasks.tracking import registry
 
 
@@ -27,7 +28,12 @@ def _logger():
         return get_logger("pbf.registry")
 
 
-@task(name="log-and-register", retries=1, retry_delay_seconds=5)
+@task(
+    name="log-and-register",
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=unless_unreachable,
+)
 def register(
     run: TrackingRun,
     quantized: steps.QuantizedModel,
@@ -38,7 +44,13 @@ def register(
     return registry.register_variants(run, quantized, dataset, evaluation)
 
 
-@task(name="score-champion", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(
+    name="score-champion",
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+    retry_condition_fn=unless_unreachable,
+)
 def score_champion(dataset: steps.PreparedDataset) -> Champion | None:
     """The current champion (its fp32 sibling when registered) scored on this run's evaluation
     layers; None without a champion."""
@@ -78,7 +90,12 @@ def promote(run: TrackingRun, versions: RegisteredVersions, decision: steps.Deci
     return moved
 
 
-@task(name="champion-version", retries=2, retry_delay_seconds=5)
+@task(
+    name="champion-version",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=unless_unreachable,
+)
 def champion_version() -> str | None:
     """Version the ``champion`` alias points to now (the int8 variant), or None."""
     found = registry.champion_summary()

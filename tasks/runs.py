@@ -8,9 +8,27 @@ from pbf_core.config import PipelineConfig
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.summary import TrackingRun
 from tasks.tracking import runs
+from tasks.tracking.faults import TrackingUnavailableError
 
 
-@task(name="start-tracking-run", retries=2, retry_delay_seconds=5)
+def unless_unreachable(task, task_run, state) -> bool:
+    """Prefect's retry condition of tracking tasks: retry, unless the server did not answer
+    (MLflow has retried that call already; more would only delay the one-line error)."""
+    try:
+        state.result()
+    except TrackingUnavailableError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="start-tracking-run",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=unless_unreachable,
+)
 def start_run(
     config: PipelineConfig, dataset: PreparedDataset, flow_run_url: str | None = None
 ) -> TrackingRun:
@@ -21,3 +39,9 @@ def start_run(
 @task(name="finish-tracking-run")
 def finish_run(run: TrackingRun, status: str = "FINISHED") -> None:
     runs.finish_run(run.run_id, status)
+
+
+@task(name="fail-tracking-run", retries=0)
+def fail_run(run: TrackingRun) -> bool:
+    """Mark the run FAILED, or note it for the next run when the server does not answer."""
+    return runs.fail_run(run.run_id)

@@ -22,6 +22,7 @@ from pbf_core.deploy.quantization import QuantizedModel
 from pbf_core.evaluation.promotion import CHALLENGER, CHAMPION, Decision
 from pbf_core.evaluation.scores import HEADLINE, Evaluation
 from pbf_core.summary import RegisteredVersions, TrackingRun
+from tasks.tracking.faults import tracking_step
 from tasks.tracking.store import client, resolve_store
 
 #: Alias of each variant for a promoted and for a rejected candidate.
@@ -125,6 +126,7 @@ def _version_tags(
     }
 
 
+@tracking_step("registering the model versions")
 def register_variants(
     run: TrackingRun, quantized: QuantizedModel, dataset: PreparedDataset, evaluation: Evaluation
 ) -> RegisteredVersions:
@@ -178,6 +180,7 @@ def alias_version(mc, name: str, alias: str):
         raise
 
 
+@tracking_step("downloading a registered model")
 def download_alias(
     alias: str, out_dir: str | Path, settings: Settings | None = None
 ) -> RegisteredFile | None:
@@ -222,6 +225,7 @@ def _set_aliases(mc, name: str, targets: dict[str, str]) -> dict[str, str | None
     return previous
 
 
+@tracking_step("moving the registry aliases")
 def apply_decision(run: TrackingRun, versions: RegisteredVersions, decision: Decision) -> dict:
     """Point the aliases at the new versions: champion* on promotion, challenger* otherwise.
 
@@ -249,6 +253,7 @@ def apply_decision(run: TrackingRun, versions: RegisteredVersions, decision: Dec
     return {"alias": decision.alias, "aliases": targets, "previous": previous}
 
 
+@tracking_step("reading the champion")
 def champion_summary(settings: Settings | None = None) -> dict | None:
     """The registry's current champion: version, fp32 sibling, tags; None when there is none."""
     store = resolve_store(settings)
@@ -263,6 +268,7 @@ def champion_summary(settings: Settings | None = None) -> dict | None:
     return out
 
 
+@tracking_step("reading the champion")
 def champion_run_id(settings: Settings | None = None) -> str | None:
     """The MLflow run that trained the registry's current champion; None when there is none."""
     store = resolve_store(settings)

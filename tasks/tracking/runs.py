@@ -17,6 +17,7 @@ from pbf_core.data.dataset import PreparedDataset
 from pbf_core.deploy.quantization import QuantizedModel
 from pbf_core.redaction import redact, without_credentials
 from pbf_core.summary import TrackingRun
+from tasks.tracking.faults import remember_failed, settle_failed, tracking_step
 from tasks.tracking.store import Store, client, resolve_store
 
 _MAX_PARAMS_PER_CALL = 100
@@ -52,6 +53,7 @@ def _experiment(mc, store: Store, name: str) -> str:
     return mc.create_experiment(name, f"{store.artifact_root}/{name}" if store.is_local else None)
 
 
+@tracking_step("opening the MLflow run")
 def start_run(
     config: PipelineConfig, dataset: PreparedDataset, flow_run_url: str | None = None
 ) -> TrackingRun:
@@ -61,6 +63,7 @@ def start_run(
     """
     store = resolve_store()
     mc = client(store)
+    settle_failed(mc)  # runs an earlier dead server left RUNNING
     exp_id = _experiment(mc, store, experiment_name(dataset.name))
     tags = {"pbf.dataset": dataset.name, "pbf.data_digest": dataset.digest}
     if flow_run_url:
@@ -70,7 +73,7 @@ def start_run(
     try:
         _log_inputs(mc, run_id, config, dataset)
     except Exception:
-        mc.set_terminated(run_id, "FAILED")
+        fail_run(run_id)
         raise
     return TrackingRun(run_id, exp_id, run_url(store, exp_id, run_id))
 
@@ -107,6 +110,7 @@ def _dataset_entity(dataset: PreparedDataset):
     )
 
 
+@tracking_step("logging metrics")
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Numbers at ``step``, in as few calls as MLflow allows."""
     from mlflow.entities import Metric
@@ -164,6 +168,7 @@ def _system_snapshot() -> dict[str, float]:
     }
 
 
+@tracking_step("uploading artifacts")
 def log_artifacts(
     run_id: str, directory: str | Path, artifact_path: str, metrics: Mapping | None = None
 ) -> None:
@@ -205,13 +210,29 @@ def parity_metrics(quantized: QuantizedModel) -> dict[str, float]:
     return out
 
 
+@tracking_step("ending the MLflow run")
 def finish_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status)
+
+
+def fail_run(run_id: str) -> bool:
+    """Mark the run ``FAILED``; never raises (it runs while another error propagates).
+
+    Returns:
+        False when the server did not answer: the run is noted and marked on the next run.
+    """
+    try:
+        finish_run(run_id, "FAILED")
+    except Exception:
+        remember_failed(run_id)
+        return False
+    return True
 
 
 BUILD_SCORES = "pbf-build-scores"
 
 
+@tracking_step("logging the build score")
 def log_build_score(
     build: str, model: str, model_version: str | None, runner: str, summary: Mapping, seconds: float
 ) -> str:

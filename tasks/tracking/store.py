@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pbf_core.config import Settings
 from pbf_core.redaction import without_credentials
+from tasks.tracking.faults import bound_retries
 
 #: Where ``mlflow ui`` serves a local tracking store (the summary prints the command).
 LOCAL_UI_URL = "http://127.0.0.1:5000"
@@ -85,6 +86,7 @@ def client(store: Store | None = None):
     import mlflow
 
     store = store or resolve_store()
+    bound_retries()
     # mlflow.<flavor>.log_model resolves the store globally; it is the same for the process.
     mlflow.set_tracking_uri(store.uri)
     mlflow.set_registry_uri(store.uri)
