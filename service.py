@@ -27,7 +27,7 @@ from pbf_core.serving.access import AccessGuard
 from pbf_core.serving.admission import Admission
 from pbf_core.serving.answers import overlay_response, segment_json
 from pbf_core.serving.guard import GuardLimits, RequestGuard
-from pbf_core.serving.memory import keep_freed_memory, limit_heap_arenas
+from pbf_core.serving.memory import keep_freed_memory
 from pbf_core.serving.model import (
     ModelNotReadyError,
     ServedModel,
@@ -43,7 +43,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 SETTINGS = ServeSettings()
 
 keep_freed_memory(SETTINGS.heap_keep_mb)
-limit_heap_arenas(SETTINGS.heap_arenas)
 redact_logging("bentoml", "pbf")
 
 

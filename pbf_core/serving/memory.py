@@ -27,21 +27,3 @@ def keep_freed_memory(keep_mb: int) -> bool:
         and libc.mallopt(m_trim_threshold, keep_mb * 1024**2)
     )
 
-
-def limit_heap_arenas(arenas: int) -> bool:
-    """Let all threads of this process share at most ``arenas`` glibc heaps (arenas).
-
-    glibc gives threads their own arenas (up to 8 per core), and each keeps its own freed
-    memory: a server whose requests run on many threads (BentoML's 16 per process) grows as each
-    arena in turn reaches the high-water mark of the requests it happened to serve. Call before
-    the request threads start. No-op (False) on other C libraries or with ``arenas`` 0.
-    """
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if arenas <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    m_arena_max = -8  # <malloc.h>
-    return bool(libc.mallopt(m_arena_max, arenas))

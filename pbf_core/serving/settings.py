@@ -100,12 +100,6 @@ class ServeSettings(BaseSettings):
         description="Freed memory each process keeps for the next request (MiB); 0 = the C "
         "library's default (see pbf_core.serving.memory.keep_freed_memory).",
     )
-    heap_arenas: int = Field(
-        2,
-        ge=0,
-        description="glibc heaps the request threads of a process share; 0 = the C library's "
-        "default (see pbf_core.serving.memory.limit_heap_arenas).",
-    )
     runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
         "auto", description="`auto` = OpenVINO when installed, else ONNX Runtime."
     )
