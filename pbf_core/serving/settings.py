@@ -28,7 +28,12 @@ Limits (each a setting; the defaults are safe on a 2-core, 24 GiB machine):
 - a client has ``PBF_SERVE_BODY_TIMEOUT_S`` to send its whole body (408); bodies are spooled to
   a temporary file as they arrive, so a stalled upload holds disk, not memory;
 - each entry process segments ``PBF_SERVE_MAX_ACTIVE`` requests at once and lets
-  ``PBF_SERVE_MAX_QUEUED`` wait; beyond, 503 with ``Retry-After``.
+  ``PBF_SERVE_MAX_QUEUED`` wait; beyond, 503 with ``Retry-After``
+  (:mod:`pbf_core.serving.admission`). BentoML's own ``traffic.max_concurrency`` does not fit:
+  it counts requests still uploading, keeps no queue and answers 429 without ``Retry-After``;
+  its ``traffic.timeout`` (600 s) stays the cap on one request;
+- uvicorn has no header timeout (a stalled header holds at most 16 KiB): a reverse proxy in
+  front sets one (README, "Exposing the service safely").
 
 ``PBF_SERVE_API_KEY`` locks every path but the probes, the page's files and the API docs
 (:mod:`pbf_core.serving.access`).
