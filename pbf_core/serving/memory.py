@@ -26,4 +26,3 @@ def keep_freed_memory(keep_mb: int) -> bool:
         libc.mallopt(m_mmap_threshold, mmap_bytes)
         and libc.mallopt(m_trim_threshold, keep_mb * 1024**2)
     )
-
