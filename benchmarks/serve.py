@@ -171,6 +171,19 @@ def uploads(size: int, count: int) -> list[dict[str, tuple[str, bytes, str]]]:
     return out
 
 
+def package_model(files: dict[str, Path], home: Path) -> Path:
+    """``pbf package`` of :func:`build_model`'s int8 and fp32 files into the BentoML store at
+    ``home``; returns ``home``."""
+    cmd = [sys.executable, "-m", "flows.cli", "package"]
+    cmd += ["--int8", str(files["int8"]), "--fp32", str(files["fp32"])]
+    done = subprocess.run(
+        cmd, cwd=REPO, env=_env(BENTOML_HOME=str(home)), capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(done.stdout + done.stderr)
+    return home
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)  # PBF_SERVE_* settings pass through (threads, workers, batching)
     env.update(PYTHONPATH=str(REPO), BENTOML_DO_NOT_TRACK="True", **extra)
@@ -419,18 +432,7 @@ def main() -> None:
         work = Path(tmp)
         print("building the model (export, int8 calibration)...", flush=True)
         files = build_model(work, args.checkpoint, args.size)
-        home = work / "bentoml"
-        package = [sys.executable, "-m", "flows.cli", "package"]
-        package += ["--int8", str(files["int8"]), "--fp32", str(files["fp32"])]
-        done = subprocess.run(
-            package,
-            cwd=REPO,
-            env=_env(BENTOML_HOME=str(home)),
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode:
-            raise SystemExit(done.stdout + done.stderr)
+        home = package_model(files, work / "bentoml")
         print("int8 cost per tile by batch size...", flush=True)
         tile = read_onnx_spec(files["int8"]).tile_size
         sweep = batch_sweep(files["int8"], tile)

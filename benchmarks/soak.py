@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # the serving benchmark's model, uploads and server helpers
 from serve import (
-    REPO,
     RESULTS,
     _env,
     _shoot,
@@ -55,6 +53,7 @@ from serve import (
     build_model,
     encode_forms,
     free_port,
+    package_model,
     stop_tree,
     uploads,
 )
@@ -329,19 +328,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _package(work: Path, checkpoint: Path | None) -> Path:
-    files = build_model(work, checkpoint, 512)
-    home = work / "bentoml"
-    cmd = [sys.executable, "-m", "flows.cli", "package"]
-    cmd += ["--int8", str(files["int8"]), "--fp32", str(files["fp32"])]
-    done = subprocess.run(
-        cmd, cwd=REPO, env=_env(BENTOML_HOME=str(home)), capture_output=True, text=True
-    )
-    if done.returncode:
-        raise SystemExit(done.stdout + done.stderr)
-    return home
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: random init)")
@@ -357,7 +343,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pbf-bench-soak-") as tmp:
         work = Path(tmp)
         print("building and packaging the model...", flush=True)
-        home = _package(work, args.checkpoint)
+        home = package_model(build_model(work, args.checkpoint, 512), work / "bentoml")
         forms = encode_forms(uploads(512, 8))
         port = free_port()
         cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:DefectService"]

@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import re
 
+#: A URI's ``scheme://``.
+_SCHEME = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)"
 #: ``scheme://user:password@`` (the user part kept, the password replaced).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+_USERINFO = re.compile(_SCHEME + r"(?P<user>[^:/@\s]*):[^@/\s]+@")
+#: ``scheme://anything@`` (the whole user part).
+_ANY_USERINFO = re.compile(_SCHEME + r"[^/@\s]*@")
 #: ``password=...`` / ``token=...`` style query parameters.
 _PARAM = re.compile(r"(?i)(?P<key>[?&;](?:password|passwd|pwd|token|secret|key)=)[^&;\s]+")
 
@@ -26,7 +30,7 @@ def redact(text: object) -> str:
 
 def without_credentials(uri: str) -> str:
     """``uri`` without its ``user:password@`` part (for links a person opens and logs in to)."""
-    return re.sub(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]*@", r"\g<scheme>", uri)
+    return _ANY_USERINFO.sub(r"\g<scheme>", uri)
 
 
 class RedactingFilter(logging.Filter):

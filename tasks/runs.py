@@ -19,7 +19,7 @@ def unless_unreachable(task, task_run, state) -> bool:
     except TrackingUnavailableError:
         return False
     except Exception:
-        return True
+        pass  # any other failure: Prefect's retries as configured
     return True
 
 

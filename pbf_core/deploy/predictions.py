@@ -1,4 +1,5 @@
-"""Encoded layer files in, a flat JSON-ready prediction out (what the MLflow pyfunc model answers).
+"""Encoded layer files in, a flat JSON-ready prediction out (what the MLflow pyfunc model answers),
+and the fields every answer about a segmented layer shares (the service's JSON too).
 
 The same steps as the service and ``pbf predict``: decode as stored (:func:`decode_image`),
 normalise as the model's spec says, tile at native resolution, threshold with the spec's
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -19,6 +20,7 @@ import numpy as np
 
 from pbf_core.data.imaging import DEFAULT_MAX_PIXELS, decode_image
 from pbf_core.deploy.inference import Segmentation
+from pbf_core.deploy.overlays import Component
 
 SINGLE_FIELD = "image"
 #: Components listed in a prediction; ``num_components`` and the mask cover the rest.
@@ -60,23 +62,42 @@ def _bytes(value: Any) -> bytes:
     raise ValueError(f"expected the file's bytes or base64 text, got {type(value).__name__}")
 
 
-def prediction_record(seg: Segmentation) -> dict[str, Any]:
-    """One flat record: verdict, probability summary, components (JSON text) and the mask PNG."""
-    prob, mask = seg.prob, seg.mask
-    h, w = mask.shape
-    ok, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an ``(H, W)`` uint8 or ``(H, W, 3)`` uint8 RGB array."""
+    arr = image if image.ndim == 2 else np.ascontiguousarray(image[:, :, ::-1])
+    ok, buf = cv2.imencode(".png", arr)
     if not ok:
-        raise RuntimeError(f"could not encode the {w}x{h} mask as PNG")
+        raise RuntimeError(f"could not encode a PNG of shape {image.shape}")
+    return buf.tobytes()
+
+
+def layer_fields(
+    prob: np.ndarray, mask: np.ndarray, components: Sequence[Component], threshold: float
+) -> dict[str, Any]:
+    """What every answer about a segmented layer says (the service's JSON and the pyfunc row):
+    verdict, defect area, the first :data:`MAX_COMPONENTS` components, threshold, size and the
+    mask as a base64 PNG (0/255)."""
+    h, w = mask.shape
     return {
-        "is_defective": bool(seg.components),
-        "threshold": float(seg.threshold),
-        "prob_max": round(float(prob.max()), 4),
-        "prob_mean": round(float(prob.mean()), 6),
-        "prob_p99": round(float(np.percentile(prob, 99)), 4),
+        "is_defective": bool(components),
         "defect_area_pct": round(100.0 * float(mask.mean()), 4),
-        "num_components": len(seg.components),
-        "components": json.dumps([c.to_dict() for c in seg.components[:MAX_COMPONENTS]]),
+        "num_components": len(components),
+        "components": [c.to_dict() for c in components[:MAX_COMPONENTS]],
+        "threshold": float(threshold),
         "width": w,
         "height": h,
-        "mask_png": base64.b64encode(png.tobytes()).decode(),
+        "mask_png": base64.b64encode(encode_png(mask.astype(np.uint8) * 255)).decode(),
+    }
+
+
+def prediction_record(seg: Segmentation) -> dict[str, Any]:
+    """One flat record: :func:`layer_fields` with the components as JSON text, plus a summary
+    of the probability map."""
+    fields = layer_fields(seg.prob, seg.mask, seg.components, seg.threshold)
+    return {
+        **fields,
+        "components": json.dumps(fields["components"]),
+        "prob_max": round(float(seg.prob.max()), 4),
+        "prob_mean": round(float(seg.prob.mean()), 6),
+        "prob_p99": round(float(np.percentile(seg.prob, 99)), 4),
     }

@@ -28,6 +28,8 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "cross-origin-opener-policy": "same-origin",
 }
+_OURS = frozenset(k.encode() for k in SECURITY_HEADERS)
+_PAIRS = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
 
 class AccessGuard:
@@ -69,10 +71,8 @@ def _with_headers(send: Any) -> Any:
 
     async def sending(message: dict) -> None:
         if message["type"] == "http.response.start":
-            ours = {k.encode() for k in SECURITY_HEADERS}
-            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in ours]
-            added = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-            message = {**message, "headers": kept + added}
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OURS]
+            message = {**message, "headers": kept + _PAIRS}
         await send(message)
 
     return sending

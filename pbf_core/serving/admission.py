@@ -30,11 +30,6 @@ class Admission:
         self._waiting = 0
         self._mean_s = 1.0  # until a request has been timed
 
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for a slot now."""
-        return self._waiting
-
     def retry_after(self) -> int:
         """Whole seconds until the requests now waiting should be done (at least 1)."""
         return max(1, math.ceil(self._mean_s * (self._waiting + 1) / self.active))

@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import base64
 
-import cv2
-import numpy as np
 from starlette.responses import Response
 
 from pbf_core.deploy.overlays import render_overlay
+from pbf_core.deploy.predictions import encode_png, layer_fields
 from pbf_core.serving.segmentation import LayerResult
-
-#: Components listed in a JSON answer; the count and the mask cover the rest.
-MAX_COMPONENTS = 200
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an ``(H, W)`` uint8 or ``(H, W, 3)`` uint8 RGB array."""
-    arr = image if image.ndim == 2 else np.ascontiguousarray(image[:, :, ::-1])
-    ok, buf = cv2.imencode(".png", arr)
-    if not ok:
-        raise RuntimeError(f"could not encode a PNG of shape {image.shape}")
-    return buf.tobytes()
 
 
 def summarize(result: LayerResult) -> str:
@@ -45,21 +32,13 @@ def segment_json(result: LayerResult, info: dict) -> dict:
     """The ``/segment`` answer: verdict, components, threshold, model ``info``, summary and
     base64 PNGs of the mask (0/255) and the overlay (see ``DefectService.segment``)."""
     overlay = render_overlay(result.image, result.mask, result.components)
-    comps = result.components
-    h, w = result.mask.shape
+    fields = layer_fields(result.prob, result.mask, result.components, result.threshold)
     return {
-        "is_defective": bool(comps),
+        **fields,
         "max_confidence": round(float(result.prob.max()), 4),
-        "defect_area_pct": round(100.0 * float(result.mask.mean()), 4),
-        "num_components": len(comps),
-        "components": [c.to_dict() for c in comps[:MAX_COMPONENTS]],
-        "threshold": result.threshold,
-        "width": w,
-        "height": h,
         "input": result.mode,
         "model": info,
         "summary": summarize(result),
-        "mask_png": base64.b64encode(encode_png(result.mask.astype(np.uint8) * 255)).decode(),
         "overlay_png": base64.b64encode(encode_png(overlay)).decode(),
         "seconds": round(result.seconds, 4),
     }

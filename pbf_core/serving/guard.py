@@ -65,8 +65,9 @@ class RequestGuard:
             return
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
             try:
-                _check_length(scope, self.limits.max_body_bytes)
-                _check_content_type(scope)
+                headers = dict(scope["headers"])
+                _check_length(headers, self.limits.max_body_bytes)
+                _check_content_type(headers)
                 if not await self._spool(receive, body):
                     return  # the client went away
                 await _check_form(scope, body)
@@ -104,17 +105,16 @@ def _mib(limit: int) -> str:
     return f"{limit / 1024**2:.0f} MiB"
 
 
-def _check_length(scope: Any, limit: int) -> None:
+def _check_length(headers: dict[bytes, bytes], limit: int) -> None:
     """413 when the declared body length is over ``limit`` (before reading any of it)."""
-    length = dict(scope["headers"]).get(b"content-length", b"")
+    length = headers.get(b"content-length", b"")
     if length.isdigit() and int(length) > limit:
         reason = f"request of {int(length):,} bytes exceeds {_mib(limit)}"
         raise UploadError(413, None, reason, "size")
 
 
-def _check_content_type(scope: Any) -> None:
+def _check_content_type(headers: dict[bytes, bytes]) -> None:
     """415 unless the body is ``multipart/form-data``."""
-    headers = dict(scope["headers"])
     kind = headers.get(b"content-type", b"").decode("latin-1")
     if not kind and headers.get(b"content-length", b"0") == b"0":
         reason = "no file uploaded: send 'image', or 'a', 'b' and 'c', as multipart/form-data"

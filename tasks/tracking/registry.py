@@ -16,6 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import pbf_core
 from pbf_core.config import Settings
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.deploy.quantization import QuantizedModel
@@ -49,7 +50,7 @@ class RegisteredFile:
 #: The pyfunc model logged for every version (MLflow's models-from-code: this file is the model).
 PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
 #: The domain library the pyfunc model runs, copied into the logged model.
-CORE_PACKAGE = Path(__file__).resolve().parents[2] / "pbf_core"
+CORE_PACKAGE = Path(pbf_core.__file__).resolve().parent
 
 
 def _signature(views: tuple[str, ...]):
@@ -73,7 +74,7 @@ def _signature(views: tuple[str, ...]):
 
 def _requirements() -> list[str]:
     """What the logged model needs besides ``pbf_core`` (which it carries), pinned as here."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     names = ("onnxruntime", "onnx", "numpy", "opencv-python-headless", "pillow", "pandas")
     names += ("pydantic", "scipy")
@@ -81,7 +82,7 @@ def _requirements() -> list[str]:
     for name in names:
         try:
             out.append(f"{name}=={version(name)}")
-        except Exception:
+        except PackageNotFoundError:
             out.append(name)
     return out
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.processes import ServerStartError, free_port, wait_ready
+from helpers.processes import ServerStartError, free_port, mlflow_server_command, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -82,12 +82,7 @@ def mlflow_server(e2e_root) -> Iterator[str]:
     root = e2e_root / "mlflow"
     root.mkdir()
     port = free_port()
-    cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+    cmd = mlflow_server_command(BIN, root, port)
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
     log = root / "server.log"
     proc = start(cmd, env, log)

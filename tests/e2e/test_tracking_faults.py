@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.processes import free_port, stop_tree, wait_ready
+from helpers.processes import free_port, mlflow_server_command, stop_tree, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,12 +27,7 @@ DEADLINE_S = 90
 
 
 def mlflow_server(root: Path, port: int) -> subprocess.Popen:
-    cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+    cmd = mlflow_server_command(BIN, root, port)
     log = root / f"server-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -2,7 +2,8 @@
 stopping it with its workers.
 
 Shared by the tests that start real servers (``bentoml serve``, ``mlflow server``, ``prefect
-server``) and by ``benchmarks/serve.py``; nothing here knows which server it runs.
+server``) and by ``benchmarks/serve.py``. Besides the generic pieces: the ``mlflow server``
+command line and a Dask cluster.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def mlflow_server_command(bin_dir: Path, root: Path, port: int) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port`` with a SQLite store and proxied artifacts in ``root``."""
+    return [
+        str(bin_dir / "mlflow"), "server",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:

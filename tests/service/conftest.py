@@ -11,17 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.processes import free_port, stop_tree, wait_ready
-from service_support import REPO, bentoml_env, export_tiny_pair
-
-#: Small limits, so the size tests need small files: 1 MiB per file, 300k pixels per image, and
-#: a stalled body is cut off after 3 s.
-SERVER_ENV = {
-    "PBF_SERVE_MAX_UPLOAD_MB": "1",
-    "PBF_SERVE_MAX_PIXELS": "300000",
-    "PBF_SERVE_BODY_TIMEOUT_S": "3",
-}
-STARTUP_S = 180
+from helpers.processes import stop_tree
+from service_support import REPO, SERVER_ENV, bentoml_env, export_tiny_pair, start_server
 
 
 @pytest.fixture(scope="session")
@@ -37,26 +28,6 @@ def bentoml_home(tmp_path_factory) -> Path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return home
-
-
-def start_server(
-    home: Path, log: Path, probe: str = "/readyz", **env: str
-) -> tuple[subprocess.Popen, str]:
-    """Start ``bentoml serve service:DefectService`` on a free port; wait until ``probe`` is 200."""
-    port = free_port()
-    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:DefectService"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=bentoml_env(home, **env), stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(f"{url}{probe}", proc, log, STARTUP_S)
-    except BaseException:
-        stop_tree(proc)
-        raise
-    return proc, url
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Helpers of the service tests: a tiny hand-made model, synthetic layers, process plumbing.
+"""Helpers of the service tests: a tiny hand-made model, synthetic layers, starting the server.
 
 The model is not trained: one 3x3 convolution whose logit is ``40 * (local mean - 0.75)``, so
 after the spec's percentile normalisation a bright square is a defect and a flat layer is not.
@@ -7,12 +7,23 @@ after the spec's percentile normalisation a bright square is a defect and a flat
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+from helpers.processes import free_port, stop_tree, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 TILE = 64
+#: Small limits, so the size tests need small files: 1 MiB per file, 300k pixels per image, and
+#: a stalled body is cut off after 3 s.
+SERVER_ENV = {
+    "PBF_SERVE_MAX_UPLOAD_MB": "1",
+    "PBF_SERVE_MAX_PIXELS": "300000",
+    "PBF_SERVE_BODY_TIMEOUT_S": "3",
+}
+STARTUP_S = 180
 
 
 def bright_spot_model():
@@ -100,3 +111,23 @@ def bentoml_env(home: Path, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
+
+
+def start_server(
+    home: Path, log: Path, probe: str = "/readyz", **env: str
+) -> tuple[subprocess.Popen, str]:
+    """Start ``bentoml serve service:DefectService`` on a free port; wait until ``probe`` is 200."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:DefectService"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=bentoml_env(home, **env), stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}{probe}", proc, log, STARTUP_S)
+    except BaseException:
+        stop_tree(proc)
+        raise
+    return proc, url

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from helpers.processes import stop_tree
-from service_support import triplet_files
+from service_support import start_server, triplet_files
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -73,7 +73,6 @@ def test_every_answer_carries_the_security_headers():
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory):
     """A real service with an API key whose tracking server (URI with a password) is down."""
-    from conftest import start_server
     from helpers.processes import free_port
 
     work = tmp_path_factory.mktemp("locked")

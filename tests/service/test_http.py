@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers.processes import stop_tree
 from PIL import Image
-from service_support import layer, png_bytes, triplet_files
+from service_support import SERVER_ENV, layer, png_bytes, start_server, triplet_files
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +262,6 @@ def server_without_model(tmp_path_factory):
 
     (From the BentoML store, ``bentoml serve`` itself refuses to start without the model.)
     """
-    from conftest import start_server
 
     work = tmp_path_factory.mktemp("no-model")
     env = {"PBF_SERVE_SOURCE": "tracking", "PBF_TRACKING_URI": f"sqlite:///{work / 'empty.db'}"}
@@ -288,7 +287,6 @@ def test_readiness_reflects_a_missing_model(server_without_model):
 def batched_server(bentoml_home, tmp_path_factory):
     """The same model served with ``PBF_SERVE_BATCHING=true`` (adaptive batching in its own
     inference processes) on ONNX Runtime."""
-    from conftest import SERVER_ENV, start_server
 
     log = tmp_path_factory.mktemp("serve-batched") / "serve.log"
     env = {"PBF_SERVE_BATCHING": "true", "PBF_SERVE_RUNTIME": "onnxruntime", **SERVER_ENV}
