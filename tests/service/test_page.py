@@ -51,11 +51,18 @@ def page(browser, server, request):
     assert not blocked, f"the page broke its own Content-Security-Policy: {blocked}"
 
 
+def wait_for_model(page) -> None:
+    """Wait until the page shows which model answers. A locator wait, not ``wait_for_function``:
+    Playwright polls a string predicate with ``eval`` in the page, which the page's own CSP forbids
+    (it passed when the text was already there and failed on a loaded machine)."""
+    page.locator("#model-info").filter(has_text="version").wait_for(timeout=30_000)
+
+
 def test_upload_shows_overlay_and_announces_result(page, tmp_path):
     rgb = np.stack([layer(seed=i) for i in range(3)], axis=2)
     upload = tmp_path / "layer.png"
     upload.write_bytes(png_bytes(rgb))
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    wait_for_model(page)
     page.get_by_label("One image").check()
     page.get_by_label("Layer image").set_input_files(str(upload))
     page.get_by_role("button", name="Analyze layer").click()
@@ -75,7 +82,7 @@ def test_upload_shows_overlay_and_announces_result(page, tmp_path):
 def test_triplet_mode_by_keyboard_and_missing_view_error(page, tmp_path):
     for v in "ab":
         (tmp_path / f"{v}.png").write_bytes(png_bytes(layer()))
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    wait_for_model(page)
     page.get_by_label("A triplet (views a, b and c)").focus()
     page.keyboard.press("Space")
     assert page.get_by_label("View a").is_visible()
@@ -91,7 +98,7 @@ def test_triplet_mode_by_keyboard_and_missing_view_error(page, tmp_path):
 def test_server_error_is_announced(page, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    wait_for_model(page)
     page.get_by_label("One image").check()
     page.get_by_label("Layer image").set_input_files(str(bad))
     page.get_by_role("button", name="Analyze layer").click()
@@ -101,7 +108,7 @@ def test_server_error_is_announced(page, tmp_path):
 
 @pytest.mark.parametrize("page", [True], indirect=True, ids=["csp-bypassed-for-axe"])
 def test_axe_finds_no_serious_violations(page, tmp_path):
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('version')")
+    wait_for_model(page)
     before = audit(page)
     upload = tmp_path / "layer.png"
     upload.write_bytes(png_bytes(np.stack([layer(seed=i) for i in range(3)], axis=2)))
