@@ -68,7 +68,34 @@ def test_bentoml_build_carries_model_page_and_no_torch(bentoml_home, tmp_path):
         line.split("=")[0].split(">")[0].strip().lower() for line in requirements.splitlines()
     }
     assert {"onnxruntime", "openvino"} <= packages
+    pinned = [ln for ln in requirements.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert all("==" in ln for ln in pinned), "every package of the bento is pinned"
     assert not packages & {"torch", "torchvision", "segmentation-models-pytorch", "timm"}
+
+
+def _requirements(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and ln[0] != "#"]
+
+
+def test_serving_lock_pins_every_requirement():
+    """``docker/bento-requirements.lock`` (the image's packages) pins each package of the ``.in``
+    file to a version its range allows, and holds nothing but exact pins."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = {}
+    for line in _requirements(REPO / "docker" / "bento-requirements.lock"):
+        name, sep, version = line.partition("==")
+        assert sep and version and not any(c in version for c in "<>=!~,; "), line
+        lock[canonicalize_name(name)] = version
+    for line in _requirements(REPO / "docker" / "bento-requirements.in"):
+        need = Requirement(line)
+        if need.name == "bentoml":  # BentoML pins itself in every bento
+            assert "bentoml" not in lock
+            continue
+        assert canonicalize_name(need.name) in lock, f"{need.name} is not in the lock"
+        assert need.specifier.contains(lock[canonicalize_name(need.name)]), line
+    assert not {"torch", "torchvision", "prefect"} & set(lock)
 
 
 @pytest.mark.parametrize(
