@@ -10,7 +10,7 @@ LAYERS ?= 40
 SIZE ?= 512
 SEED ?= 0
 
-.PHONY: install run serve test lint clean
+.PHONY: install run serve container test lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ run: install
 ## serve: serve the packaged champion (after `make run`) on http://localhost:3000
 serve: install
 	BENTOML_HOME=$(STATE)/bentoml $(BIN)/bentoml serve service:DefectService --port 3000
+
+## container: the serving image (after `make run`): the bento and its Docker image, pinned
+## packages, a local Debian base image where Docker Hub is out of reach; IMAGES="bento mlflow
+## worker" adds the compose stack's images. Needs a Docker engine (README, "Containers").
+IMAGES ?= bento
+container: install
+	BENTOML_HOME=$(STATE)/bentoml $(BIN)/python scripts/containerize.py $(IMAGES)
 
 ## test: lint, then the whole test suite (browser tests need Debian's chromium; axe-core from npm)
 test: install tests/service/node_modules

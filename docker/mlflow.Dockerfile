@@ -1,5 +1,8 @@
 # MLflow tracking server with the PostgreSQL driver and the S3 client for MinIO artifacts.
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE: any Debian-based image with Python 3.11 and pip; scripts/containerize.py --compose
+# passes its local Debian image where Docker Hub cannot be reached.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG MLFLOW_VERSION=3.17.2
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

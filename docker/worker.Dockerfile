@@ -1,7 +1,10 @@
 # Pipeline worker: runs `train_pipeline` flow runs as subprocesses (Prefect process work pool).
 # Build context: the repository root (see compose.yaml). CPU-only torch keeps the image small;
 # for a GPU worker, start from an nvidia/cuda runtime image and drop the CPU index URL.
-FROM python:3.11-slim-bookworm
+# BASE_IMAGE: any Debian-based image with Python 3.11 and pip; scripts/containerize.py --compose
+# passes its local Debian image where Docker Hub cannot be reached.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.docker_engine import docker_engine
 
 from pbf_core.config import PrepareConfig, SynthConfig
 
@@ -58,3 +59,11 @@ def untrained_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("untrained") / "model.safetensors"
     return save_checkpoint(out, model_from_spec(spec), spec)
+
+
+@pytest.fixture(scope="session")
+def docker() -> dict[str, str]:
+    """Environment reaching a Docker engine (``DOCKER``: the client); one started here if none
+    answers (stopped at the end), else the test is skipped (failed under CI=true)."""
+    with docker_engine() as env:
+        yield env

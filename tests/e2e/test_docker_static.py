@@ -141,9 +141,10 @@ def test_dockerfiles_parse_and_follow_the_rules(compose, name):
     unknown = {k for k in keywords if k not in INSTRUCTIONS}
     assert not unknown, f"{path.name}: unknown instructions {unknown}"
     assert next(k for k in keywords if k != "ARG") == "FROM", "first instruction must be FROM"
+    args = dict(a.args.partition("=")[::2] for a in instructions if a.keyword == "ARG")
     for i in instructions:
-        if i.keyword == "FROM":
-            image = i.args.split()[0]
+        if i.keyword == "FROM":  # a ${BASE_IMAGE} base: its ARG default is checked
+            image = _VAR.sub(lambda m: args.get(m.group(1), ""), i.args.split()[0])
             assert ":" in image and not image.endswith(":latest"), f"unpinned base image {image}"
         if i.keyword in {"CMD", "ENTRYPOINT"} and i.args.startswith("["):
             assert isinstance(json.loads(i.args), list), f"line {i.line}: bad exec form"
