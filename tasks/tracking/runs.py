@@ -53,6 +53,10 @@ def _experiment(mc, store: Store, name: str) -> str:
     return mc.create_experiment(name, f"{store.artifact_root}/{name}" if store.is_local else None)
 
 
+#: What the compare view should open on (see :func:`_declare_headline`).
+HEADLINE_SCORES = ("dice", "recall", "precision", "false_positives_per_image", "instance_recall")
+
+
 @tracking_step("opening the MLflow run")
 def start_run(
     config: PipelineConfig, dataset: PreparedDataset, flow_run_url: str | None = None
@@ -71,11 +75,33 @@ def start_run(
     name = f"{dataset.name}-{time.strftime('%m%d-%H%M%S')}"
     run_id = mc.create_run(exp_id, tags=tags, run_name=name).info.run_id
     try:
+        _declare_headline(mc, run_id, dataset)
         _log_inputs(mc, run_id, config, dataset)
     except Exception:
         fail_run(run_id)
         raise
     return TrackingRun(run_id, exp_id, run_url(store, exp_id, run_id))
+
+
+def headline_metrics(dataset: PreparedDataset) -> list[str]:
+    """The scores a user compares runs on, against true masks when the dataset has them."""
+    has_truth = any(entry.truth for entry in dataset.manifest.layers)
+    labels = ("truth", "weak") if has_truth else ("weak",)
+    return [f"test/{label}/{score}" for label in labels for score in HEADLINE_SCORES]
+
+
+def _declare_headline(mc, run_id: str, dataset: PreparedDataset) -> None:
+    """Log the headline scores first, as NaN ("not measured yet") at step -1.
+
+    MLflow's compare page opens its plots on the first metric that differs between the runs, in
+    the order each run first logged them (MLflow 3.17: the store's order); without this it opened
+    on a system metric. The evaluation logs the real values at step 0, which the run shows.
+    """
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    nan = float("nan")
+    mc.log_batch(run_id, metrics=[Metric(k, nan, now, -1) for k in headline_metrics(dataset)])
 
 
 def _log_inputs(mc, run_id: str, config: PipelineConfig, dataset: PreparedDataset) -> None:

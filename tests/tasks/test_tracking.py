@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pbf_core.config import PipelineConfig, PromotionConfig, Settings
-from pbf_core.data.dataset import PreparedDataset
+from pbf_core.data.dataset import LayerEntry, Manifest, PreparedDataset
 from pbf_core.deploy.metadata import set_metadata, spec_metadata
 from pbf_core.deploy.parity import Parity
 from pbf_core.deploy.quantization import QuantizedModel
@@ -67,7 +67,12 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> PreparedDataset:
     root = tmp_path_factory.mktemp("dataset")
-    (root / "manifest.json").write_text("{}")
+    manifest = Manifest(
+        source="unit", format="folder", views=("image",), label_method="background",
+        normalization="percentile",
+        layers=(LayerEntry(id="L1", image="i.png", weak="w.png", truth="t.png", height=8, width=8),),
+    )  # fmt: skip
+    (root / "manifest.json").write_text(manifest.model_dump_json())
     report = {"label_quality": {"background": {"recall": 0.9}}}
     return PreparedDataset("unit", root, "d" * 64, ("image",), 1, report=report)
 
@@ -151,6 +156,22 @@ def test_run_holds_config_dataset_and_epoch_metrics(store, dataset):
     assert mc.get_experiment(got.info.experiment_id).name == "pbf-unit"
     arts = {a.path for a in mc.list_artifacts(run.run_id, "data")}
     assert arts == {"data/prepare_report.json", "data/label_quality.json"}
+
+
+def test_compare_view_opens_on_the_headline_scores(store, dataset):
+    """The scores a user compares on come first in the run's metrics (MLflow's compare page opens
+    on the first one that differs), with the evaluation's values, not the placeholders."""
+    run = runs.start_run(PipelineConfig(), dataset)
+    runs.log_metrics(run.run_id, {"system/cpu_utilization_percentage": 40.0})
+    runs.epoch_logger(run.run_id)({"epoch": 0, "train_loss": 1.0})
+    evaluation = Evaluation(0.5, 1, scores(0.7), scores(0.6))
+    runs.log_metrics(run.run_id, evaluation.metrics())
+    metrics = client().get_run(run.run_id).data.metrics
+    headline = runs.headline_metrics(dataset)
+    assert headline[:2] == ["test/truth/dice", "test/truth/recall"]
+    assert list(metrics)[: len(headline)] == headline
+    assert metrics["test/truth/dice"] == 0.7 and metrics["test/weak/dice"] == 0.6
+    assert not any(np.isnan(metrics[k]) for k in headline)
 
 
 def test_worse_candidate_does_not_become_champion(store, dataset, tmp_path):
