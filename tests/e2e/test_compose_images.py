@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
+from helpers.docker_engine import wait_container
 from helpers.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,24 +50,10 @@ def mlflow_container(docker, mlflow_image):
     subprocess.run(cmd, env=docker, check=True, capture_output=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_S
-        while not _healthy(url):
-            if time.monotonic() > deadline:
-                logs = subprocess.run(
-                    [docker["DOCKER"], "logs", name], env=docker, capture_output=True, text=True
-                )
-                pytest.fail(f"mlflow container not healthy:\n{(logs.stdout + logs.stderr)[-4000:]}")
-            time.sleep(1)
+        wait_container(f"{url}/health", docker, name, READY_S)
         yield url
     finally:
         subprocess.run([docker["DOCKER"], "rm", "-f", name], env=docker, capture_output=True)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_mlflow_image_serves_tracking_and_artifacts(mlflow_container, tmp_path):

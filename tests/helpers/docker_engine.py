@@ -78,3 +78,21 @@ def _started_dockerd(client: str) -> Iterator[dict[str, str]]:
             proc.kill()
             proc.wait()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def wait_container(url: str, docker: dict[str, str], name: str, timeout_s: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail with the container's log tail if it never does."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(1)
+    logs = subprocess.run(
+        [docker["DOCKER"], "logs", name], env=docker, capture_output=True, text=True
+    )
+    pytest.fail(
+        f"container {name}: {url} not answering after {timeout_s:g} s:\n{(logs.stdout + logs.stderr)[-4000:]}"
+    )

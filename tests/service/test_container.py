@@ -12,12 +12,12 @@ import base64
 import io
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx
 import numpy as np
 import pytest
+from helpers.docker_engine import wait_container
 from helpers.processes import free_port
 from PIL import Image
 from service_support import REPO, bentoml_env, layer, png_bytes, triplet_files
@@ -52,27 +52,10 @@ def container(docker, image):
     subprocess.run(cmd, env=docker, check=True, capture_output=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, docker, name)
+        wait_container(f"{url}/readyz", docker, name, READY_S)
         yield url
     finally:
         subprocess.run([docker["DOCKER"], "rm", "-f", name], env=docker, capture_output=True)
-
-
-def _wait_ready(url: str, docker: dict, name: str) -> None:
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    logs = subprocess.run(
-        [docker["DOCKER"], "logs", name], env=docker, capture_output=True, text=True
-    )
-    pytest.fail(
-        f"the container did not become ready in {READY_S} s:\n{(logs.stdout + logs.stderr)[-4000:]}"
-    )
 
 
 def _mask(body: dict) -> np.ndarray:
