@@ -402,7 +402,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="trained checkpoint (default: random init)")
     parser.add_argument("--size", type=int, default=512, help="upload width and height (px)")
@@ -425,8 +425,114 @@ def main() -> None:
     )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def start_naive(files: dict[str, Path], work: Path) -> tuple[subprocess.Popen, str]:
+    """The naive FastAPI handler (fp32 PyTorch) on a free port; its process and segment URL."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("uvicorn")), "--app-dir", "benchmarks"]
+    cmd += ["naive_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", "1", "--log-level", "warning"]
+    env = _env(PBF_NAIVE_CHECKPOINT=str(files["checkpoint"]))
+    base = f"http://127.0.0.1:{port}"
+    return _start(cmd, env, f"{base}/docs", work / "naive.log"), f"{base}/segment"
+
+
+def service_layouts(args: argparse.Namespace) -> list[tuple[str, str, str, bool]]:
+    """``(name, variant, runtime, batching)`` of every service layout the arguments ask for."""
+    layouts = [("auto", False)]
+    layouts += [("onnxruntime", False)] if args.onnxruntime else []
+    layouts += [("auto", True)] if args.batching else []
+    out = []
+    for variant, (runtime, batching) in [(v, m) for v in args.variants for m in layouts]:
+        name = f"service-{variant}" + ("-batched" if batching else "")
+        name += "-onnxruntime" if runtime == "onnxruntime" else ""
+        out.append((name, variant, runtime, batching))
+    return out
+
+
+def start_bentoml(home: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve`` of the service from ``home`` on a free port (this environment's
+    ``PBF_SERVE_*`` settings, then ``env``); its process and base URL once ``/readyz`` answers."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve"]
+    cmd += ["service:DefectService", "--host", "127.0.0.1", "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    return _start(cmd, _env(BENTOML_HOME=str(home), **env), f"{base}/readyz", log), base
+
+
+def start_service(
+    home: Path, work: Path, name: str, variant: str, runtime: str, batching: bool
+) -> tuple[subprocess.Popen, str]:
+    """One measured layout of the service; its process and segment URL."""
+    proc, base = start_bentoml(
+        home,
+        work / f"{name}.log",
+        PBF_SERVE_VARIANT=variant,
+        PBF_SERVE_BATCHING=str(batching).lower(),
+        PBF_SERVE_RUNTIME=runtime,
+    )
+    return proc, f"{base}/segment"
+
+
+def serve_and_measure(args, files: dict[str, Path], home: Path, work: Path, bodies) -> list[dict]:
+    """Start every server at once, load them in interleaved rounds, stop them; one target each."""
+    procs: list[subprocess.Popen] = []
+    urls: dict[str, str] = {}
+    pids: dict[str, int] = {}
+    starts = [] if args.skip_naive else [("naive-fp32-torch", lambda: start_naive(files, work))]
+    starts += [
+        (layout[0], lambda layout=layout: start_service(home, work, *layout))
+        for layout in service_layouts(args)
+    ]
+    try:
+        for name, start in starts:
+            proc, urls[name] = start()
+            procs.append(proc)
+            pids[name] = proc.pid
+        measured = measure(urls, pids, bodies, args)
+    finally:
+        for proc in procs:
+            stop_tree(proc)
+    return [{"name": name, "results": rows} for name, rows in measured.items()]
+
+
+def speedups(targets: list[dict]) -> tuple[dict, dict]:
+    """Throughput and server-CPU ratios of every target to the naive handler, per concurrency."""
+    naive = next((t for t in targets if t["name"] == "naive-fp32-torch"), None)
+    speedup: dict[str, dict[str, float]] = {}
+    cpu_speedup: dict[str, dict[str, float]] = {}
+    if naive is None:
+        return speedup, cpu_speedup
+    base_rps = {r["concurrency"]: r["throughput_rps"] for r in naive["results"]}
+    base_cpu = {r["concurrency"]: r["server_cpu_ms_per_request"] for r in naive["results"]}
+    for t in (t for t in targets if t is not naive):
+        for r in t["results"]:
+            c = r["concurrency"]
+            speedup.setdefault(str(c), {})[t["name"]] = round(r["throughput_rps"] / base_rps[c], 2)
+            cpu_speedup.setdefault(str(c), {})[t["name"]] = round(
+                base_cpu[c] / r["server_cpu_ms_per_request"], 2
+            )
+    return speedup, cpu_speedup
+
+
+NOTE = (
+    "All servers are up at once and loaded in turn, in interleaved rounds (throughput: "
+    "median over rounds; p50/p95 over all requests); the load generator runs on the same "
+    "machine. The naive handler does the same work per request (decode, normalise, tile, "
+    "stitch, components, overlay and mask PNGs) with the fp32 PyTorch model; the service "
+    "runs the ONNX model (OpenVINO; *-onnxruntime: ONNX Runtime) in its request "
+    "processes (one per core, one thread per inference, glibc keeping freed memory for "
+    "the next request; *-batched: in separate processes behind BentoML adaptive batching "
+    "of tiles across requests). The client bodies are encoded before timing. Other "
+    "processes on the machine (see the load average) make absolute numbers noisy; "
+    "compare rows of one run."
+)
+
+
+def main() -> None:
+    args = parse_args()
     load_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="pbf-bench-serve-") as tmp:
         work = Path(tmp)
@@ -439,61 +545,8 @@ def main() -> None:
         print("OpenVINO vs ONNX Runtime on the uploads' layers...", flush=True)
         parity = runtime_parity(files["int8"], args.size, 8)
         bodies = encode_forms(uploads(args.size, 8))
-        procs: list[subprocess.Popen] = []
-        urls: dict[str, str] = {}
-        pids: dict[str, int] = {}
-        try:
-            if not args.skip_naive:
-                port = free_port()
-                cmd = [str(Path(sys.executable).with_name("uvicorn")), "--app-dir", "benchmarks"]
-                cmd += ["naive_app:app", "--host", "127.0.0.1", "--port", str(port)]
-                cmd += ["--workers", "1", "--log-level", "warning"]
-                env = _env(PBF_NAIVE_CHECKPOINT=str(files["checkpoint"]))
-                base = f"http://127.0.0.1:{port}"
-                procs.append(_start(cmd, env, f"{base}/docs", work / "naive.log"))
-                urls["naive-fp32-torch"] = f"{base}/segment"
-                pids["naive-fp32-torch"] = procs[-1].pid
-            layouts = [("auto", False)]
-            layouts += [("onnxruntime", False)] if args.onnxruntime else []
-            layouts += [("auto", True)] if args.batching else []
-            for variant, (runtime, batching) in [(v, m) for v in args.variants for m in layouts]:
-                name = f"service-{variant}" + ("-batched" if batching else "")
-                name += "-onnxruntime" if runtime == "onnxruntime" else ""
-                port = free_port()
-                cmd = [str(Path(sys.executable).with_name("bentoml")), "serve"]
-                cmd += ["service:DefectService", "--host", "127.0.0.1", "--port", str(port)]
-                env = _env(
-                    BENTOML_HOME=str(home),
-                    PBF_SERVE_VARIANT=variant,
-                    PBF_SERVE_BATCHING=str(batching).lower(),
-                    PBF_SERVE_RUNTIME=runtime,
-                )
-                base = f"http://127.0.0.1:{port}"
-                procs.append(_start(cmd, env, f"{base}/readyz", work / f"{name}.log"))
-                urls[name] = f"{base}/segment"
-                pids[name] = procs[-1].pid
-            measured = measure(urls, pids, bodies, args)
-        finally:
-            for proc in procs:
-                stop_tree(proc)
-        targets = [{"name": name, "results": rows} for name, rows in measured.items()]
-
-    naive = next((t for t in targets if t["name"] == "naive-fp32-torch"), None)
-    speedup: dict[str, dict[str, float]] = {}
-    cpu_speedup: dict[str, dict[str, float]] = {}
-    if naive is not None:
-        base_rps = {r["concurrency"]: r["throughput_rps"] for r in naive["results"]}
-        base_cpu = {r["concurrency"]: r["server_cpu_ms_per_request"] for r in naive["results"]}
-        for t in targets:
-            if t is naive:
-                continue
-            for r in t["results"]:
-                speedup.setdefault(str(r["concurrency"]), {})[t["name"]] = round(
-                    r["throughput_rps"] / base_rps[r["concurrency"]], 2
-                )
-                cpu_speedup.setdefault(str(r["concurrency"]), {})[t["name"]] = round(
-                    base_cpu[r["concurrency"]] / r["server_cpu_ms_per_request"], 2
-                )
+        targets = serve_and_measure(args, files, home, work, bodies)
+    speedup, cpu_speedup = speedups(targets)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -511,18 +564,7 @@ def main() -> None:
         "cpu_speedup": cpu_speedup,
         "int8_batch_sweep": {"tile": tile, "threads": 1, "results": sweep},
         "int8_runtime_parity": parity,
-        "note": (
-            "All servers are up at once and loaded in turn, in interleaved rounds (throughput: "
-            "median over rounds; p50/p95 over all requests); the load generator runs on the same "
-            "machine. The naive handler does the same work per request (decode, normalise, tile, "
-            "stitch, components, overlay and mask PNGs) with the fp32 PyTorch model; the service "
-            "runs the ONNX model (OpenVINO; *-onnxruntime: ONNX Runtime) in its request "
-            "processes (one per core, one thread per inference, glibc keeping freed memory for "
-            "the next request; *-batched: in separate processes behind BentoML adaptive batching "
-            "of tiles across requests). The client bodies are encoded before timing. Other "
-            "processes on the machine (see the load average) make absolute numbers noisy; "
-            "compare rows of one run."
-        ),
+        "note": NOTE,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2) + "\n")

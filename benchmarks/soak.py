@@ -47,13 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the serving benchmark's model, uploads and server helpers
 from serve import (
     RESULTS,
-    _env,
     _shoot,
-    _start,
     build_model,
     encode_forms,
-    free_port,
     package_model,
+    start_bentoml,
     stop_tree,
     uploads,
 )
@@ -345,11 +343,7 @@ def main() -> None:
         print("building and packaging the model...", flush=True)
         home = package_model(build_model(work, args.checkpoint, 512), work / "bentoml")
         forms = encode_forms(uploads(512, 8))
-        port = free_port()
-        cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "service:DefectService"]
-        cmd += ["--host", "127.0.0.1", "--port", str(port)]
-        url = f"http://127.0.0.1:{port}"
-        proc = _start(cmd, _env(BENTOML_HOME=str(home)), f"{url}/readyz", work / "serve.log")
+        proc, url = start_bentoml(home, work / "serve.log")
         report: dict = {}
         try:
             _shoot(f"{url}/segment", forms, args.concurrency, 64)  # warm-up
