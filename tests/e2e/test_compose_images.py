@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers.docker_engine import wait_container
+from helpers.docker_engine import running_container
 from helpers.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,18 +42,13 @@ def mlflow_image(docker):
 @pytest.fixture(scope="module")
 def mlflow_container(docker, mlflow_image):
     """``mlflow server`` from the image on 127.0.0.1 with a SQLite store inside the container."""
-    name, port = f"pbf-test-mlflow-{uuid.uuid4().hex[:8]}", free_port()
-    cmd = [docker["DOCKER"], "run", "-d", "--name", name, "--network", "host", mlflow_image]
-    cmd += ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    cmd += ["--backend-store-uri", "sqlite:////tmp/mlflow.db", "--serve-artifacts"]
-    cmd += ["--artifacts-destination", "/tmp/artifacts"]
-    subprocess.run(cmd, env=docker, check=True, capture_output=True)
+    port = free_port()
+    args = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    args += ["--backend-store-uri", "sqlite:////tmp/mlflow.db", "--serve-artifacts"]
+    args += ["--artifacts-destination", "/tmp/artifacts"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_container(f"{url}/health", docker, name, READY_S)
+    with running_container(docker, mlflow_image, args, f"{url}/health", READY_S):
         yield url
-    finally:
-        subprocess.run([docker["DOCKER"], "rm", "-f", name], env=docker, capture_output=True)
 
 
 def test_mlflow_image_serves_tracking_and_artifacts(mlflow_container, tmp_path):

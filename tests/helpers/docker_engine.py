@@ -11,9 +11,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 DOCKERD = "/usr/sbin/dockerd"
@@ -80,10 +82,24 @@ def _started_dockerd(client: str) -> Iterator[dict[str, str]]:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def wait_container(url: str, docker: dict[str, str], name: str, timeout_s: float = 120) -> None:
-    """Poll ``url`` until it answers 200; fail with the container's log tail if it never does."""
-    import httpx
+@contextlib.contextmanager
+def running_container(
+    docker: dict[str, str], image: str, args: list[str], probe: str, timeout_s: float = 120
+) -> Iterator[None]:
+    """``docker run`` of ``image args`` on the host network; waits until ``probe`` answers 200
+    (failing with the container's log tail if it never does); removes the container after."""
+    name = f"pbf-test-{uuid.uuid4().hex[:8]}"
+    cmd = [docker["DOCKER"], "run", "-d", "--name", name, "--network", "host", image, *args]
+    subprocess.run(cmd, env=docker, check=True, capture_output=True)
+    try:
+        _wait_answering(probe, docker, name, timeout_s)
+        yield
+    finally:
+        subprocess.run([docker["DOCKER"], "rm", "-f", name], env=docker, capture_output=True)
 
+
+def _wait_answering(url: str, docker: dict[str, str], name: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; fail with the container's log tail if it never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):

@@ -17,7 +17,7 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-from helpers.docker_engine import wait_container
+from helpers.docker_engine import running_container
 from helpers.processes import free_port
 from PIL import Image
 from service_support import REPO, bentoml_env, layer, png_bytes, triplet_files
@@ -46,16 +46,11 @@ def image(docker, bentoml_home):
 @pytest.fixture(scope="module")
 def container(docker, image):
     """Base URL of the image serving on 127.0.0.1 (host network: nothing leaves loopback)."""
-    name, port = f"pbf-test-{uuid.uuid4().hex[:8]}", free_port()
-    cmd = [docker["DOCKER"], "run", "-d", "--name", name, "--network", "host", image]
-    cmd += ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    subprocess.run(cmd, env=docker, check=True, capture_output=True)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_container(f"{url}/readyz", docker, name, READY_S)
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    with running_container(docker, image, args, f"{url}/readyz", READY_S):
         yield url
-    finally:
-        subprocess.run([docker["DOCKER"], "rm", "-f", name], env=docker, capture_output=True)
 
 
 def _mask(body: dict) -> np.ndarray:
