@@ -41,6 +41,11 @@ HEADLINE: tuple[str, ...] = (
 )
 
 
+def metric_key(labels: str, score: str, prefix: str = "test") -> str:
+    """The MLflow name of one score: ``<prefix>/<labels>/<score>``."""
+    return f"{prefix}/{labels}/{score}"
+
+
 @dataclass(frozen=True)
 class LabelScores:
     """Scores of probability maps against one kind of reference mask (true masks or weak labels).
@@ -133,7 +138,7 @@ class Evaluation:
     def metrics(self, prefix: str = "test") -> dict[str, float]:
         """Flat ``<prefix>/<labels>/<score>`` numbers and ``<prefix>/threshold`` (for MLflow)."""
         out = {
-            f"{prefix}/{labels}/{name}": value
+            metric_key(labels, name, prefix): value
             for labels, scores in self.by_labels().items()
             for name, value in scores.numbers().items()
         }

@@ -15,6 +15,7 @@ from pbf_core.bench.report import BenchmarkReport
 from pbf_core.config import PipelineConfig
 from pbf_core.data.dataset import PreparedDataset
 from pbf_core.deploy.quantization import QuantizedModel
+from pbf_core.evaluation.scores import HEADLINE, metric_key
 from pbf_core.redaction import redact, without_credentials
 from pbf_core.summary import TrackingRun
 from tasks.tracking.faults import remember_failed, settle_failed, tracking_step
@@ -53,10 +54,6 @@ def _experiment(mc, store: Store, name: str) -> str:
     return mc.create_experiment(name, f"{store.artifact_root}/{name}" if store.is_local else None)
 
 
-#: What the compare view should open on (see :func:`_declare_headline`).
-HEADLINE_SCORES = ("dice", "recall", "precision", "false_positives_per_image", "instance_recall")
-
-
 @tracking_step("opening the MLflow run")
 def start_run(
     config: PipelineConfig, dataset: PreparedDataset, flow_run_url: str | None = None
@@ -84,10 +81,11 @@ def start_run(
 
 
 def headline_metrics(dataset: PreparedDataset) -> list[str]:
-    """The scores a user compares runs on, against true masks when the dataset has them."""
+    """The scores a user compares runs on (:data:`~pbf_core.evaluation.scores.HEADLINE`),
+    against true masks when the dataset has them; what the compare view should open on."""
     has_truth = any(entry.truth for entry in dataset.manifest.layers)
     labels = ("truth", "weak") if has_truth else ("weak",)
-    return [f"test/{label}/{score}" for label in labels for score in HEADLINE_SCORES]
+    return [metric_key(label, score) for label in labels for score in HEADLINE]
 
 
 def _declare_headline(mc, run_id: str, dataset: PreparedDataset) -> None:
