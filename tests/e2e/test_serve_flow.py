@@ -26,21 +26,26 @@ NAME = "served-by-test"
 TIMEOUT_S = 600
 
 
-def api(url: str, path: str, body: dict | None = None) -> dict | None:
-    """JSON answer of the Prefect API; None for 404."""
+def api(url: str, path: str, body: dict | None = None, attempts: int = 6) -> dict | None:
+    """JSON answer of the Prefect API; None for 404. A busy server's 503/429 is retried with
+    backoff (honouring ``Retry-After``), as Prefect's own client does."""
     req = urllib.request.Request(
         url + path,
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json"},
         method="POST" if body is not None else "GET",
     )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            if exc.code not in (429, 503) or attempt == attempts - 1:
+                raise
+            time.sleep(float(exc.headers.get("Retry-After") or 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def test_served_flow_runs_to_completion(tmp_path, prefect_env, prefect_server):
