@@ -150,7 +150,7 @@ def _layer_expected(
     raised = cv2.GaussianBlur(partf, (0, 0), 1.2)
 
     yy, xx = _grid(n)
-    period = max(4.0, n / 110) * look.feature_scale  # hatch spacing (px)
+    period = max(4.0, n / 110) * look.feature_scale * look.hatch_scale  # hatch spacing (px)
     th = math.radians(angle)
     # Tracks run along `angle`; the texture varies across them.
     phase = (-math.sin(th) * xx + math.cos(th) * yy) * np.float32(2 * math.pi / period)

@@ -11,7 +11,11 @@ pixels. The ``classic`` look is the generator's original one, constant for every
 A style family (:data:`STYLES`) gives ranges for some of those parameters; each layer draws its
 look uniformly within them from a random stream of its own, so a build of one family still varies
 layer to layer. ``mixed`` draws a training family per layer. ``foundry`` is held out: no
-training preset uses it, so it measures how a model does on a look it never saw.
+training preset uses it, so it measures how a model does on a look it never saw. Some of its
+parameters fall inside training ranges on their own (recoater streaks and scan-track spacing vary
+across the training families, as they vary across printers); what no training family draws is its
+coarse feature scale (grain, clumps and blur 1.4-2.2 × classic), its gamma above 1 and its hot
+and dead pixels.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Look:
     feature_scale: float = 1.0  # grain, clump, hatch and blur sizes in px (pixel scale)
     part_gain: float = 1.65  # melted metal reflects this much more than powder
     hatch_contrast: float = 0.07  # albedo ripple of the scan tracks
+    hatch_scale: float = 1.0  # scan-track spacing relative to the classic one (× feature_scale)
     light_azimuth: float = 0.0  # azimuth of view a (deg); b and c follow at +120, +240
     light_gradient: float = 0.22  # brighter towards each lamp across the plate
     vignetting: float = 0.35  # lens fall-off towards the corners
@@ -84,6 +89,8 @@ STYLES: dict[str, dict[str, tuple[float, float]]] = {
         "vignetting": (0.2, 0.45),
         "light_azimuth": (-20, 20),
         "dark_contrast": (0.7, 1.1),
+        "streaks": (0.0, 0.02),
+        "hatch_scale": (0.7, 1.6),
     },
     "bright": {
         "powder_level": (34_000, 48_000),
@@ -94,6 +101,8 @@ STYLES: dict[str, dict[str, tuple[float, float]]] = {
         "vignetting": (0.1, 0.3),
         "blur": (0.0, 0.9),
         "part_gain": (1.25, 1.5),
+        "streaks": (0.0, 0.025),
+        "hatch_contrast": (0.03, 0.12),
     },
     "dim": {
         "powder_level": (7_000, 13_000),
@@ -103,6 +112,8 @@ STYLES: dict[str, dict[str, tuple[float, float]]] = {
         "bit_depth": (12, 12),
         "part_gain": (1.4, 2.1),
         "dark_contrast": (0.6, 1.0),
+        "streaks": (0.0, 0.02),
+        "hatch_scale": (1.0, 2.2),
     },
     "speckle": {
         "speckle": (0.02, 0.07),
@@ -111,7 +122,8 @@ STYLES: dict[str, dict[str, tuple[float, float]]] = {
         "light_azimuth": (0, 360),
         "jpeg_quality": (60, 92),
         "hatch_contrast": (0.04, 0.14),
-        "streaks": (0.005, 0.02),
+        "hatch_scale": (0.6, 2.0),
+        "streaks": (0.005, 0.035),
     },
     "am04": {
         "frame": (0.06, 0.14),
@@ -122,6 +134,7 @@ STYLES: dict[str, dict[str, tuple[float, float]]] = {
         "feature_scale": (0.7, 1.3),
         "shadow_spots": (1, 4),
         "bright_contrast": (0.6, 1.0),
+        "streaks": (0.0, 0.02),
     },
     # held out: no training preset draws from it
     "foundry": {
