@@ -110,3 +110,36 @@ def test_held_out_command_prints_the_scores(tiny_checkpoint):
     assert out["style"] == "bright" and out["layers"] == 1 and 0 <= out["scores"]["dice"] <= 1
     bad = CliRunner().invoke(app, ["held-out", str(tiny_checkpoint), "--style", "nope"])
     assert bad.exit_code == 2 and "style" in bad.output
+
+
+def test_style_factors_benchmark_takes_the_family_apart(tiny_checkpoint, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pbf_core.data.synthetic.styles import STYLES
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "style_factors.py"
+    spec = importlib.util.spec_from_file_location("style_factors", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = dict(STYLES["foundry"])
+    args = ["--model", str(tiny_checkpoint), "--layers", "1", "--size", "64", "--seed", "11",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main(args) == 0
+    assert STYLES["foundry"] == before  # the family's ranges are back
+    rows = {
+        r["variant"]: r for r in json.loads((tmp_path / "style_factors.json").read_text())["rows"]
+    }
+    assert set(rows) == {"classic", "family"} | {f"{s}{p}" for p in before for s in "+-"}
+    masks = model_masks(Segmenter.from_checkpoint(tiny_checkpoint))
+    for name, style in (("family", "foundry"), ("classic", "classic")):
+        expected = score_layers(masks, held_out_layers(style, 1, 64, seed=11))
+        assert {k: rows[name][k] for k in expected} == expected
+    # one parameter alone is another look than the whole family, with the same defects
+    with bench.family_ranges("foundry", {"streaks": before["streaks"]}):
+        streaks_only = held_out_layers("foundry", 1, 64, seed=11)
+    assert STYLES["foundry"] == before
+    assert not np.array_equal(streaks_only[0].views, held_out_layers("foundry", 1, 64, 11)[0].views)
+    assert np.array_equal(streaks_only[0].truth, held_out_layers("classic", 1, 64, 11)[0].truth)
+    assert "| +streaks |" in (tmp_path / "style_factors.md").read_text()
