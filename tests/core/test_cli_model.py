@@ -124,7 +124,7 @@ def test_adapt_prepares_raw_layers_and_reports_its_verdict(trained, synthetic_bu
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "adapted" / "adaptation.json").read_text())
-    verdict = "accepted" if report["accepted"] else "rejected"
+    verdict = "accepted" if report["accepted"] else "rejected: keep using the source model"
     assert f"{verdict}: {report['reason']}" in " ".join(out.stdout.split())
     assert (tmp_path / "adapted" / "data" / "manifest.json").is_file()  # raw layers prepared
     assert (tmp_path / "adapted" / "model.safetensors").is_file()
