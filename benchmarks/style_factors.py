@@ -5,8 +5,8 @@ family's parameters, not all of them. This renders the same held-out layers (``-
 defects and parts of the classic build) with
 
 - ``classic``: the classic look, and ``family``: the whole family;
-- ``+<param>``: only that parameter drawn from the family's range, the rest classic;
-- ``-<param>``: the family without that parameter (classic value for it),
+- ``+<param>``: only that parameter as the family draws it, the rest classic;
+- ``-<param>``: the family with that parameter at its classic value, the rest as drawn,
 
 and scores the model on each against the generator's true masks. Writes
 ``benchmarks/results/<name>.json`` and ``.md``::
@@ -60,10 +60,26 @@ def family_ranges(style: str, ranges: dict) -> Iterator[None]:
 
 
 def variants(family: dict) -> dict[str, dict]:
-    """``family``, each parameter alone (``+p``) and the family without each one (``-p``)."""
+    """``family``, each parameter alone (``+p``) and the family without each one (``-p``).
+
+    A parameter is switched off by pinning its range to the classic value rather than by
+    dropping it, so every layer still draws it (the look's random stream stays in step) and the
+    other parameters keep the values they have in the whole family: each variant differs from
+    the family in that one parameter only.
+    """
+    from pbf_core.data.synthetic.styles import CLASSIC
+
+    def pinned(name: str) -> tuple[float, float]:
+        value = getattr(CLASSIC, name)
+        return (value, value)
+
     out = {"family": dict(family)}
-    out.update({f"+{k}": {k: v} for k, v in family.items()})
-    out.update({f"-{k}": {p: r for p, r in family.items() if p != k} for k in family})
+    out.update(
+        {f"+{k}": {p: r if p == k else pinned(p) for p, r in family.items()} for k in family}
+    )
+    out.update(
+        {f"-{k}": {p: pinned(p) if p == k else r for p, r in family.items()} for k in family}
+    )
     return out
 
 

@@ -143,3 +143,27 @@ def test_style_factors_benchmark_takes_the_family_apart(tiny_checkpoint, tmp_pat
     assert not np.array_equal(streaks_only[0].views, held_out_layers("foundry", 1, 64, 11)[0].views)
     assert np.array_equal(streaks_only[0].truth, held_out_layers("classic", 1, 64, 11)[0].truth)
     assert "| +streaks |" in (tmp_path / "style_factors.md").read_text()
+
+
+def test_style_factor_variants_change_one_parameter_and_keep_the_other_draws():
+    import importlib.util
+    from dataclasses import replace
+    from pathlib import Path
+
+    from pbf_core.config import SynthConfig
+    from pbf_core.data.synthetic.styles import CLASSIC, STYLES, draw_look
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "style_factors.py"
+    spec = importlib.util.spec_from_file_location("style_factors", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = SynthConfig(layers=3, size=64, seed=11, style="foundry")
+    family = [draw_look(cfg, z) for z in range(3)]
+    variants = bench.variants(STYLES["foundry"])
+    for name in ("streaks", "gamma", "salt_pepper"):
+        with bench.family_ranges("foundry", variants[f"-{name}"]):
+            left_out = [draw_look(cfg, z) for z in range(3)]
+        assert left_out == [replace(f, **{name: getattr(CLASSIC, name)}) for f in family]
+        with bench.family_ranges("foundry", variants[f"+{name}"]):
+            alone = [draw_look(cfg, z) for z in range(3)]
+        assert alone == [replace(CLASSIC, **{name: getattr(f, name)}) for f in family]
