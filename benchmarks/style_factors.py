@@ -108,8 +108,8 @@ def markdown(result: dict) -> str:
         f"{result['size']}², seed {result['seed']})",
         "",
         f"Model: `{result['model']}`. {result['seconds']:.0f} s on {result['cpus']} CPUs. "
-        "`+p`: only that parameter from the family, the rest classic; `-p`: the family without "
-        "it. False components per layer.",
+        "`+p`: only that parameter as the family draws it, the rest classic; `-p`: the family "
+        "with that parameter at its classic value. False components per layer.",
         "",
         "| variant | " + " | ".join(SCORES) + " |",
         "|---|" + "---:|" * len(SCORES),
