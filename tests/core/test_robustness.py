@@ -112,17 +112,24 @@ def test_held_out_command_prints_the_scores(tiny_checkpoint):
     assert bad.exit_code == 2 and "style" in bad.output
 
 
-def test_style_factors_benchmark_takes_the_family_apart(tiny_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def bench():
+    """``benchmarks/style_factors.py`` as a module (benchmarks are scripts, not a package)."""
     import importlib.util
-    import json
     from pathlib import Path
-
-    from pbf_core.data.synthetic.styles import STYLES
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "style_factors.py"
     spec = importlib.util.spec_from_file_location("style_factors", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_style_factors_benchmark_takes_the_family_apart(bench, tiny_checkpoint, tmp_path):
+    import json
+
+    from pbf_core.data.synthetic.styles import STYLES
+
     before = dict(STYLES["foundry"])
     args = ["--model", str(tiny_checkpoint), "--layers", "1", "--size", "64", "--seed", "11",
             "--out", str(tmp_path)]  # fmt: skip
@@ -145,18 +152,12 @@ def test_style_factors_benchmark_takes_the_family_apart(tiny_checkpoint, tmp_pat
     assert "| +streaks |" in (tmp_path / "style_factors.md").read_text()
 
 
-def test_style_factor_variants_change_one_parameter_and_keep_the_other_draws():
-    import importlib.util
+def test_style_factor_variants_change_one_parameter_and_keep_the_other_draws(bench):
     from dataclasses import replace
-    from pathlib import Path
 
     from pbf_core.config import SynthConfig
     from pbf_core.data.synthetic.styles import CLASSIC, STYLES, draw_look
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "style_factors.py"
-    spec = importlib.util.spec_from_file_location("style_factors", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     cfg = SynthConfig(layers=3, size=64, seed=11, style="foundry")
     family = [draw_look(cfg, z) for z in range(3)]
     variants = bench.variants(STYLES["foundry"])
