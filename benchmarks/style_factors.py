@@ -13,9 +13,8 @@ and scores the model on each against the generator's true masks. Writes
 
     python benchmarks/style_factors.py --model .pbf/runs/<run>/onnx/model.fp32.onnx
 
-The variants are rendered by swapping the family's ranges in
-:data:`pbf_core.data.synthetic.styles.STYLES` for the duration of one rendering (restored
-after); the generator itself is not changed.
+The variants are rendered by passing their ranges to the generator in place of the family's
+own (``held_out_layers(..., ranges)``); nothing global changes.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,19 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", default="style_factors")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the two files")
     return ap.parse_args(argv)
-
-
-@contextmanager
-def family_ranges(style: str, ranges: dict) -> Iterator[None]:
-    """Render ``style`` with ``ranges`` instead of its own while the block runs."""
-    from pbf_core.data.synthetic.styles import STYLES
-
-    saved = STYLES[style]
-    STYLES[style] = ranges
-    try:
-        yield
-    finally:
-        STYLES[style] = saved
 
 
 def variants(family: dict) -> dict[str, dict]:
@@ -95,8 +79,7 @@ def score_variants(args: argparse.Namespace) -> list[dict]:
     clean = held_out_layers("classic", args.layers, args.size, args.seed)
     rows.append({"variant": "classic", **score_layers(masks, clean)})
     for name, ranges in variants(STYLES[args.style]).items():
-        with family_ranges(args.style, ranges):
-            layers = held_out_layers(args.style, args.layers, args.size, args.seed)
+        layers = held_out_layers(args.style, args.layers, args.size, args.seed, ranges)
         rows.append({"variant": name, **score_layers(masks, layers)})
         print(f"{name:>20}  " + "  ".join(f"{k} {rows[-1][k]:.3f}" for k in SCORES), flush=True)
     return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from pbf_core.data.imaging import normalize
 from pbf_core.data.labels import synthesize_labels
 from pbf_core.evaluation.corruptions import SEVERITIES, corrupt
 from pbf_core.evaluation.metrics import instance_counts, instance_metrics
+
+if TYPE_CHECKING:
+    from pbf_core.data.synthetic.styles import LookRanges
 
 #: What :func:`score_layers` returns for a condition, in the order tables show it.
 SCORES: tuple[str, ...] = ("dice", "precision", "recall", "instance_recall", "false_components")
@@ -55,14 +59,20 @@ class ConditionScore:
         return asdict(self)
 
 
-def held_out_layers(style: str, layers: int, size: int, seed: int) -> list[HeldOutLayer]:
-    """``layers`` rendered layers of a ``style`` build (no noise frames) with their truth."""
+def held_out_layers(
+    style: str, layers: int, size: int, seed: int, ranges: LookRanges | None = None
+) -> list[HeldOutLayer]:
+    """``layers`` rendered layers of a ``style`` build (no noise frames) with their truth.
+
+    ``ranges`` replace the family's look ranges (see
+    :func:`~pbf_core.data.synthetic.styles.draw_look`).
+    """
     from pbf_core.data.synthetic import render_layer
 
     cfg = SynthConfig(layers=layers, size=size, seed=seed, style=style, noise_frames=0)
     out = []
     for z in range(layers):
-        layer = render_layer(cfg, z)
+        layer = render_layer(cfg, z, ranges=ranges)
         out.append(HeldOutLayer(f"{style}-{seed}-{z}", layer.views, layer.truth))
     return out
 

@@ -56,6 +56,21 @@ def test_classic_is_one_look_and_mixed_only_draws_training_families():
         assert look.feature_scale < held_out["feature_scale"][0]
 
 
+def test_ranges_passed_in_replace_the_familys_own_and_leave_the_table_alone():
+    before = {k: dict(v) for k, v in STYLES.items()}
+    foundry = SynthConfig(**SMALL, style="foundry")
+    looks = [draw_look(foundry, z, ranges={"gamma": (1.3, 1.3)}) for z in range(3)]
+    assert looks == [Look(gamma=1.3)] * 3  # only the ranges given, nothing of the family's
+    classic = SynthConfig(**SMALL)
+    assert draw_look(classic, 1, ranges={"blur": (0.5, 1.0)}).blur >= 0.5
+    assert render_layer(foundry, 1, ranges={"gamma": (1.3, 1.3)}).look == Look(gamma=1.3)
+    assert {k: dict(v) for k, v in STYLES.items()} == before
+    with pytest.raises(ValueError, match="mixed"):
+        draw_look(SynthConfig(**SMALL, style="mixed"), 0, ranges={"gamma": (1.0, 1.2)})
+    with pytest.raises(ValueError, match="'gama'"):
+        draw_look(foundry, 0, ranges={"gama": (1.0, 1.2)})
+
+
 @pytest.mark.parametrize("style", ["bright", "speckle", "am04", "foundry"])
 def test_a_style_changes_the_look_not_the_defects_or_parts(style):
     classic = render_layer(SynthConfig(**SMALL), 2)

@@ -28,7 +28,7 @@ from pbf_core.data.synthetic.specs import (
     PartSpec,
     RenderedLayer,
 )
-from pbf_core.data.synthetic.styles import CLASSIC, Look, draw_look
+from pbf_core.data.synthetic.styles import CLASSIC, Look, LookRanges, draw_look
 from pbf_core.data.synthetic.volumes import paint_volumes
 
 #: Lighting azimuth of views a, b, c in the classic look (degrees, x axis = 0, y pointing down).
@@ -180,14 +180,18 @@ def _layer_expected(
     return _shade(albedo, height, raised, n, look), part, angle
 
 
-def render_layer(cfg: SynthConfig, z: int, variant: int = 0) -> RenderedLayer:
-    """Render layer ``z`` of the build: a pure function of ``(cfg, z, variant)``.
+def render_layer(
+    cfg: SynthConfig, z: int, variant: int = 0, ranges: LookRanges | None = None
+) -> RenderedLayer:
+    """Render layer ``z`` of the build: a pure function of ``(cfg, z, variant, ranges)``.
 
     Args:
         cfg: the build configuration.
         z: layer height index, 0-based; sets the part cross-sections and hatch angle.
         variant: 0 for the build's real layer; other values re-render the same layer with fresh
             powder, defects and noise (used for noise frames that copy a layer).
+        ranges: the look's parameter ranges instead of the style family's own (see
+            :func:`~pbf_core.data.synthetic.styles.draw_look`).
 
     Returns:
         The three views, the true defect mask and type map, the part mask and the defects.
@@ -195,7 +199,7 @@ def render_layer(cfg: SynthConfig, z: int, variant: int = 0) -> RenderedLayer:
     if z < 0:
         raise ValueError(f"layer index z must be >= 0, got {z}")
     rng = _rng(cfg, _STREAM_LAYER, z, variant)
-    look = draw_look(cfg, z, variant)
+    look = draw_look(cfg, z, variant, ranges)
     expected, part, angle = _layer_expected(cfg, z, rng, plan_parts(cfg), look)
     truth, types, defects = _paint_defects(rng, cfg, expected, part, look)
     if cfg.volume_defects > 0:  # 3D defects draw from a stream of their own

@@ -20,6 +20,7 @@ and dead pixels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from pbf_core.config import SynthConfig
@@ -77,6 +78,9 @@ class Look:
 
 
 CLASSIC = Look()
+
+#: Ranges of a family of looks: parameter → (low, high) drawn uniformly per layer.
+LookRanges = Mapping[str, tuple[float, float]]
 
 #: Families of looks: parameter → (low, high) drawn uniformly per layer. Integers stay integers.
 STYLES: dict[str, dict[str, tuple[float, float]]] = {
@@ -155,21 +159,35 @@ HELD_OUT_STYLE = "foundry"
 STYLE_NAMES: tuple[str, ...] = (*STYLES, "mixed")
 
 
-def draw_look(cfg: SynthConfig, z: int, variant: int = 0) -> Look:
+def draw_look(
+    cfg: SynthConfig,
+    z: int,
+    variant: int = 0,
+    ranges: LookRanges | None = None,
+) -> Look:
     """The look of layer ``z`` (re-render ``variant``) of a ``cfg.style`` build.
 
     ``classic`` is the same constant look for every layer; other families draw each parameter
     uniformly in their range from the layer's own look stream (the rendering streams are not
     touched, so the layer's parts and defects are those of the classic build).
+
+    Args:
+        ranges: draw from these ``parameter → (low, high)`` ranges instead of the family's own
+            (a benchmark that varies one parameter of a family); not with ``mixed``, which
+            draws a family per layer.
     """
-    if cfg.style == "classic":
+    if ranges is None and cfg.style == "classic":
         return CLASSIC
+    if ranges is not None and cfg.style == "mixed":
+        raise ValueError("ranges replace one family's ranges; style 'mixed' draws several")
     rng = _rng(cfg, _STREAM_LOOK, z, variant)
     family = cfg.style
     if family == "mixed":
         family = TRAINING_STYLES[int(rng.integers(len(TRAINING_STYLES)))]
     values: dict[str, float | int] = {}
-    for name, (lo, hi) in STYLES[family].items():
+    for name, (lo, hi) in (STYLES[family] if ranges is None else ranges).items():
+        if not hasattr(CLASSIC, name):
+            raise ValueError(f"unknown look parameter {name!r} in ranges")
         value = float(rng.uniform(lo, hi))
         values[name] = round(value) if isinstance(getattr(CLASSIC, name), int) else value
     return replace(CLASSIC, **values)
