@@ -28,7 +28,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pbf_core.evaluation.robustness import SCORES
+from pbf_core.evaluation.robustness import SCORES, score_cells
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = SCORES
@@ -151,8 +151,8 @@ def markdown(result: dict) -> str:
     ]
     for r in rows:
         if r["severity"] == 0:
-            cells = [f"{r[m]:.3f}" if m != "false_components" else f"{r[m]:.2f}" for m in METRICS]
-            lines.append(f"| {r['method']} | {r['condition']} | " + " | ".join(cells) + " |")
+            cells = " | ".join(score_cells(r))
+            lines.append(f"| {r['method']} | {r['condition']} | {cells} |")
     for sev, key in ((3, "relative_severity_1_3"), (5, "relative_severity_1_5")):
         rel = result[key]
         corruptions = list(dict.fromkeys(c for per in rel.values() for c in per))

@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pbf_core.evaluation.robustness import SCORES
+from pbf_core.evaluation.robustness import SCORES, score_cells
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -98,8 +98,7 @@ def markdown(result: dict) -> str:
         "|---|" + "---:|" * len(SCORES),
     ]
     for r in result["rows"]:
-        cells = [f"{r[k]:.3f}" if k != "false_components" else f"{r[k]:.2f}" for k in SCORES]
-        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['variant']} | " + " | ".join(score_cells(r)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 #: What :func:`score_layers` returns for a condition, in the order tables show it.
 SCORES: tuple[str, ...] = ("dice", "precision", "recall", "instance_recall", "false_components")
 
+
+def score_cells(row: Mapping[str, float]) -> list[str]:
+    """Table cells of a row's :data:`SCORES`: 3 decimals, false components per layer 2."""
+    return [f"{row[k]:.2f}" if k == "false_components" else f"{row[k]:.3f}" for k in SCORES]
+
+
 #: A segmenter of raw layers: ``(C, H, W)`` uint16 views → ``(H, W)`` bool defect mask.
 MaskFn = Callable[[np.ndarray], np.ndarray]
 
