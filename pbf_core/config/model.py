@@ -56,6 +56,13 @@ class AugmentConfig(Frozen):
     illumination_p: float = Field(
         0.0, ge=0, le=1, description="a lighting gradient across the patch"
     )
+    impulse_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="hot and dead pixels (0.01-0.2 %), drawn apart in each view, so a one-view "
+        "speck is not taken for spatter",
+    )
 
 
 class TrainConfig(Frozen):

@@ -79,7 +79,35 @@ def _camera_augmentation(A: Any, cfg: AugmentConfig) -> list:  # noqa: N803 (alb
         )
     if cfg.illumination_p > 0:
         ops.append(A.Illumination(mode="linear", intensity_range=(0.05, 0.2), p=cfg.illumination_p))
+    if cfg.impulse_p > 0:
+        ops.append(_impulse_noise(A)(amount=(1e-4, 2e-3), p=cfg.impulse_p))
     return ops
+
+
+def _impulse_noise(A: Any) -> type:  # noqa: N803 (albumentations)
+    """A transform setting a random ``amount`` of pixels to 0 or 1, apart in every channel.
+
+    albumentations' ``SaltAndPepper`` hits the same pixels in all channels, which is how a
+    spatter droplet looks across the views; a camera's hot and dead pixels differ per exposure.
+    """
+
+    class ImpulseNoise(A.ImageOnlyTransform):
+        def __init__(self, amount: tuple[float, float], p: float = 0.5):
+            super().__init__(p=p)
+            self.amount = amount
+
+        def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+            shape = data["image"].shape
+            rate = self.random_generator.uniform(*self.amount)
+            hit = self.random_generator.random(shape) < rate
+            return {"hit": hit, "salt": self.random_generator.random(shape) < 0.5}
+
+        def apply(self, img: np.ndarray, hit: np.ndarray, salt: np.ndarray, **_: Any):
+            out = img.copy()
+            out[hit] = salt[hit].astype(img.dtype)
+            return out
+
+    return ImpulseNoise
 
 
 def hard_negatives(

@@ -88,6 +88,19 @@ def test_camera_augmentation_changes_pixels_not_the_target(channels):
         assert np.array_equal(a["target"].numpy(), b["target"].numpy())
 
 
+def test_impulse_noise_hits_each_view_apart_and_reproducibly():
+    only = AugmentConfig(flips=False, affine_p=0, brightness_contrast_p=0, noise_p=0, impulse_p=1)
+    image, mask = np.full((256, 256, 3), 0.5, np.float32), np.zeros((256, 256), np.uint8)
+    out = build_augmentation(only, seed=4)(image=image, mask=mask)["image"]
+    hit = out != 0.5
+    assert set(np.unique(out[hit])) == {0.0, 1.0}  # hot or dead
+    assert 0 < hit.mean() <= 2e-3 * 1.5
+    # drawn apart per view (SaltAndPepper would hit all three alike, as spatter does)
+    assert not np.array_equal(hit[..., 0], hit[..., 1]) and not hit.all(axis=2).any()
+    again = build_augmentation(only, seed=4)(image=image, mask=mask)["image"]
+    assert np.array_equal(out, again)
+
+
 def test_balanced_types_place_rare_defects_as_often_as_common_ones():
     image = np.zeros((1, 256, 256), np.float32)
     target = np.zeros((256, 256), bool)
