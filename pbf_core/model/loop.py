@@ -80,6 +80,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: Share of the time budget spent before the schedule may start to follow the clock.
+_PACE_AFTER = 0.5
+
+
 @dataclass
 class BudgetClock:
     """The time budget's clock: elapsed time on ``cfg.budget_clock`` minus callback time.
@@ -88,9 +92,11 @@ class BudgetClock:
     the validation of a cut-short epoch still fits the budget.
 
     The budget is a cap: the learning-rate schedule runs over the steps, so the same command
-    trains the same model on a quiet or a busy machine, unless an epoch ends behind the pace
-    that fits every step into the budget; from then on (``paced``) the schedule follows the
-    clock too, so a run the budget cuts still anneals.
+    trains the same model on a quiet or a busy machine. Only once half the budget is spent and
+    the run is behind the pace that fits every step into it does the schedule follow the clock
+    too (``paced``): from where the steps had taken it, on to the end of the schedule when the
+    budget ends, so a run the budget cuts still anneals. Deciding that no earlier keeps a slow
+    start (a first epoch beside other jobs) from changing the schedule of a run that fits.
     """
 
     budget_s: float
@@ -99,6 +105,7 @@ class BudgetClock:
     callback_s: float = 0.0
     last_eval_s: float = 0.0
     paced: bool = False
+    paced_from: tuple[float, float] = (0.0, 0.0)  # (step fraction, elapsed s) when pacing began
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> BudgetClock:
@@ -114,11 +121,16 @@ class BudgetClock:
 
     def schedule_progress(self, steps: float) -> float:
         """Where the schedule stands after the fraction ``steps`` of all steps."""
-        return max(steps, self.fraction()) if self.paced else steps
+        if not self.paced:
+            return steps
+        steps0, t0 = self.paced_from
+        clock = steps0 + (1 - steps0) * (self.elapsed() - t0) / max(self.budget_s - t0, 1e-9)
+        return max(steps, clock)
 
     def check_pace(self, steps: float) -> None:
-        """After an epoch: follow the clock from now on if the steps will not fit the budget."""
-        self.paced = self.paced or self.fraction() > steps
+        """After an epoch: from half the budget on, follow the clock if the steps will not fit."""
+        if not self.paced and self.fraction() >= _PACE_AFTER and self.fraction() > steps:
+            self.paced, self.paced_from = True, (steps, self.elapsed())
 
     def no_time_for_a_step(self) -> bool:
         return self.elapsed() + self.last_eval_s >= self.budget_s

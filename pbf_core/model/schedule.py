@@ -10,7 +10,7 @@ def lr_factor(progress: float, schedule: str, warmup: float = 0.1) -> float:
 
     ``onecycle``: cosine warm-up from 1/25 over the first ``warmup`` fraction, then cosine
     decay to 1/1000; ``cosine``: cosine decay from 1 to 1/1000. Progress is the step fraction,
-    or the time-budget fraction when that is larger and the run is behind the budget's pace
+    or further along the clock once a run is behind the budget's pace
     (:class:`~pbf_core.model.loop.BudgetClock`), so a run cut by ``max_minutes`` still anneals
     instead of stopping at a high rate.
     """

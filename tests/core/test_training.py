@@ -124,17 +124,24 @@ def test_fit_stops_on_time_budget(clock):
     assert len(history.epochs) <= 1
 
 
-def test_time_budget_is_a_cap_until_an_epoch_falls_behind():
+def test_time_budget_is_a_cap_until_half_of_it_is_spent_behind_the_pace():
     now = [0.0]
     clock = BudgetClock(100.0, lambda: now[0], 0.0)
     now[0] = 10.0
     assert clock.schedule_progress(0.05) == 0.05  # the steps set the schedule, not the clock
-    clock.check_pace(0.2)  # 10 % of the budget after 20 % of the steps: on pace
+    clock.check_pace(0.02)  # a slow start (10 % of the budget, 2 % of the steps): not yet
     assert not clock.paced and clock.schedule_progress(0.3) == 0.3
+    now[0] = 45.0
+    clock.check_pace(0.6)  # caught up: on pace
+    assert not clock.paced
     now[0] = 50.0
     clock.check_pace(0.4)  # 50 % after 40 %: the budget will end the run, follow the clock
-    assert clock.paced and clock.schedule_progress(0.45) == 0.5
-    assert clock.schedule_progress(0.9) == 0.9
+    assert clock.paced and clock.schedule_progress(0.4) == pytest.approx(0.4)  # no jump
+    now[0] = 75.0  # half the remaining budget: half the remaining schedule
+    assert clock.schedule_progress(0.5) == pytest.approx(0.7)
+    assert clock.schedule_progress(0.9) == 0.9  # never behind the steps
+    now[0] = 100.0
+    assert clock.schedule_progress(0.6) == pytest.approx(1.0)  # annealed when the budget ends
 
 
 def test_fit_refuses_absent_device():
