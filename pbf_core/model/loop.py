@@ -104,8 +104,11 @@ class BudgetClock:
     start: float
     callback_s: float = 0.0
     last_eval_s: float = 0.0
-    paced: bool = False
-    paced_from: tuple[float, float] = (0.0, 0.0)  # (step fraction, elapsed s) when pacing began
+    paced_from: tuple[float, float] | None = None  # (step fraction, elapsed s) when paced
+
+    @property
+    def paced(self) -> bool:
+        return self.paced_from is not None
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> BudgetClock:
@@ -121,7 +124,7 @@ class BudgetClock:
 
     def schedule_progress(self, steps: float) -> float:
         """Where the schedule stands after the fraction ``steps`` of all steps."""
-        if not self.paced:
+        if self.paced_from is None:
             return steps
         steps0, t0 = self.paced_from
         clock = steps0 + (1 - steps0) * (self.elapsed() - t0) / max(self.budget_s - t0, 1e-9)
@@ -130,7 +133,7 @@ class BudgetClock:
     def check_pace(self, steps: float) -> None:
         """After an epoch: from half the budget on, follow the clock if the steps will not fit."""
         if not self.paced and self.fraction() >= _PACE_AFTER and self.fraction() > steps:
-            self.paced, self.paced_from = True, (steps, self.elapsed())
+            self.paced_from = (steps, self.elapsed())
 
     def no_time_for_a_step(self) -> bool:
         return self.elapsed() + self.last_eval_s >= self.budget_s
