@@ -31,7 +31,6 @@ from pathlib import Path
 from pbf_core.evaluation.robustness import SCORES, score_cells
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METRICS = SCORES
 
 
 def methods(args: argparse.Namespace) -> dict:
@@ -58,7 +57,7 @@ def mlflow_metrics(result: dict) -> dict[str, float]:
     for r in result["rows"]:
         if r["severity"] == 0:
             condition = r["condition"].replace(":", "/")
-            for k in METRICS:
+            for k in SCORES:
                 out[f"robustness/{r['method']}/{condition}/{k}"] = r[k]
     for top in (3, 5):
         for method, per in result[f"relative_severity_1_{top}"].items():
@@ -146,8 +145,8 @@ def markdown(result: dict) -> str:
         "",
         "## Clean and other looks",
         "",
-        "| method | condition | " + " | ".join(METRICS) + " |",
-        "|---|---|" + "---:|" * len(METRICS),
+        "| method | condition | " + " | ".join(SCORES) + " |",
+        "|---|---|" + "---:|" * len(SCORES),
     ]
     for r in rows:
         if r["severity"] == 0:

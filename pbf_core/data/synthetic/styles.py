@@ -83,7 +83,7 @@ CLASSIC = Look()
 LookRanges = Mapping[str, tuple[float, float]]
 
 #: Families of looks: parameter → (low, high) drawn uniformly per layer. Integers stay integers.
-STYLES: dict[str, dict[str, tuple[float, float]]] = {
+STYLES: dict[str, LookRanges] = {
     "classic": {},
     "lab": {
         "powder_level": (19_000, 30_000),
