@@ -121,6 +121,13 @@ class TrainConfig(Frozen):
         description="weights kept at the end: the best validation epoch's, or the last epoch's "
         "(when the validation targets cannot be trusted to pick, e.g. pseudo-labels)",
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="validate and keep an exponential moving average of the weights, updated "
+        "every step with this decay (e.g. 0.99), instead of the raw weights (None = off)",
+    )
     max_minutes: float | None = Field(None, gt=0, description="training time budget")
     budget_clock: Literal["wall", "process"] = Field(
         "wall",

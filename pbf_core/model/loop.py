@@ -20,6 +20,7 @@ from pbf_core.config import TrainConfig
 from pbf_core.deploy.inference import torch_predictor
 from pbf_core.deploy.tiling import predict_tiled
 from pbf_core.evaluation.metrics import threshold_for_dice, validation_curve
+from pbf_core.model.averaging import WeightAverage
 from pbf_core.model.devices import autocast, resolve_device, resolve_precision, torch_threads
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.schedule import lr_factor
@@ -152,6 +153,12 @@ class _Run:
     device: Any
     dtype: Any
     cfg: TrainConfig
+    average: WeightAverage | None = None  # with cfg.ema_decay: what is validated and kept
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The network validation scores and training keeps: the weight average if any."""
+        return self.model if self.average is None else self.average.model
 
 
 def train_step(run: _Run, batch: dict[str, torch.Tensor], lr: float) -> float:
@@ -175,6 +182,8 @@ def train_step(run: _Run, batch: dict[str, torch.Tensor], lr: float) -> float:
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    if run.average is not None:
+        run.average.update(model)
     return float(loss.detach())
 
 
@@ -189,7 +198,7 @@ def eval_step(run: _Run, layers: Iterable[dict[str, np.ndarray]]) -> dict[str, f
         ValueError: no validation layer.
     """
     cfg = run.cfg
-    predict = torch_predictor(run.model, run.device, run.dtype, cfg.channels_last)
+    predict = torch_predictor(run.scored, run.device, run.dtype, cfg.channels_last)
     probs, targets = [], []
     for item in layers:
         probs.append(predict_tiled(predict, item["image"], cfg.tile_size, cfg.tile_overlap))
@@ -290,7 +299,8 @@ def _start(model: torch.nn.Module, cfg: TrainConfig) -> _Run:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return _Run(model, opt, scaler, device, dtype, cfg)
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    return _Run(model, opt, scaler, device, dtype, cfg, average)
 
 
 def _fit(
@@ -322,7 +332,7 @@ def _fit(
         is_best = metrics["val_dice"] > history.best_score
         if is_best:
             history.best_score, history.best_epoch, stale = metrics["val_dice"], epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in run.scored.state_dict().items()}
         else:
             stale += 1
         history.epochs.append(metrics)
@@ -336,6 +346,8 @@ def _fit(
         clock.check_pace((epoch + 1) / cfg.epochs)
     if best_state is not None and cfg.keep == "best":
         model.load_state_dict(best_state)
+    elif run.average is not None:  # keep == "last": the average's last weights
+        model.load_state_dict(run.average.model.state_dict())
     model.to(memory_format=torch.contiguous_format).eval()
     history.seconds, history.wall_seconds = clock.elapsed(), time.perf_counter() - wall_start
     return history

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from pbf_core.deploy.inference import Segmenter
 from pbf_core.model.checkpoints import load_checkpoint
 from pbf_core.model.devices import DeviceError, resolve_device, resolve_precision
 from pbf_core.model.factory import create_model
-from pbf_core.model.loop import BudgetClock, fit
+from pbf_core.model.loop import BudgetClock, _start, eval_step, fit
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import LayerDataset, PatchDataset
 from pbf_core.model.training import TrainedModel, train_model
@@ -116,6 +117,24 @@ def test_fit_runs_calls_back_and_keeps_the_best_epoch(precision):
     assert not model.training
 
 
+def test_fit_with_a_weight_average_validates_and_keeps_the_average():
+    """With ``ema_decay`` the scores are the average's and the model ends holding it."""
+    cfg = TrainConfig(**TINY, keep="last")
+    ema = cfg.model_copy(update={"ema_decay": 0.9})
+    torch.manual_seed(0)
+    raw_model = create_model(decoder_channels=SMALL)
+    ema_model = copy.deepcopy(raw_model)
+    train, val = loaders(cfg)
+    raw = fit(raw_model, train, val, cfg, progress=False)
+    averaged = fit(ema_model, train, val, ema, progress=False)
+    assert averaged.epochs[-1]["val_dice"] != raw.epochs[-1]["val_dice"]
+    # the training itself is the same (same seed, same batches): only what is kept differs
+    assert averaged.epochs[0]["train_loss"] == raw.epochs[0]["train_loss"]
+    for history, model in ((raw, raw_model), (averaged, ema_model)):
+        run = _start(model, cfg)  # re-validate what the model holds at the end
+        assert eval_step(run, val)["val_dice"] == pytest.approx(history.epochs[-1]["val_dice"])
+
+
 @pytest.mark.parametrize("clock", ["wall", "process"])
 def test_fit_stops_on_time_budget(clock):
     cfg = TrainConfig(**{**TINY, "epochs": 50}, max_minutes=1e-4, budget_clock=clock)
@@ -167,7 +186,13 @@ def test_fit_refuses_empty_validation():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"patch_size": 100}, {"split": (0.5, 0.5, 0.5)}, {"tile_overlap": 200}, {"labels": "both"}],
+    [
+        {"patch_size": 100},
+        {"split": (0.5, 0.5, 0.5)},
+        {"tile_overlap": 200},
+        {"labels": "both"},
+        {"ema_decay": 1.0},
+    ],
 )
 def test_train_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
