@@ -115,6 +115,7 @@ def summary_markdown(summary: RunSummary) -> str:
         "layers)",
         f"- **Training:** {t.get('seconds', 0):.0f} s on {t.get('device')} "
         f"({t.get('precision')}), stopped: {t.get('stopped')}",
+        *_environment_line(t.get("environment")),
         f"- **Speed:** int8 ONNX vs PyTorch fp32 {speed}",
         f"- **Parity:** {_parity_line(summary.parity)}",
         f"- **Pipeline:** {summary.seconds:.0f} s",
@@ -125,6 +126,13 @@ def summary_markdown(summary: RunSummary) -> str:
         *_held_out_lines(summary.held_out),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _environment_line(env: dict[str, Any] | None) -> list[str]:
+    """The libraries the weights depend on (a rerun elsewhere compares these first)."""
+    if not env:
+        return []
+    return ["- **Environment:** " + ", ".join(f"{k} {v}" for k, v in env.items())]
 
 
 def _held_out_lines(held_out: HeldOutScores | None) -> list[str]:

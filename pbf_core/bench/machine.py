@@ -7,6 +7,28 @@ import platform
 from pathlib import Path
 from typing import Any
 
+#: Runtimes a benchmark reports (distribution names).
+RUNTIMES = ("torch", "onnxruntime", "onnx", "segmentation-models-pytorch")
+#: What decides the weights a training run ends with, besides the code, data and config: the
+#: numerics (torch, numpy) and every library that draws patches or augmentations.
+TRAINING_LIBRARIES = (
+    "torch", "numpy", "opencv-python-headless", "albumentations", "segmentation-models-pytorch",
+    "timm", "scipy",
+)  # fmt: skip
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
 
 def machine_info() -> dict[str, Any]:
     """CPU model, core count, OS, Python and runtime versions, current load average."""
@@ -18,22 +40,12 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    versions = {}
-    for mod in ("torch", "onnxruntime", "onnx", "segmentation_models_pytorch"):
-        try:
-            from importlib.metadata import version
-
-            versions[mod] = version(
-                mod if mod != "segmentation_models_pytorch" else "segmentation-models-pytorch"
-            )
-        except Exception:
-            versions[mod] = None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions,
+        "versions": package_versions(RUNTIMES),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

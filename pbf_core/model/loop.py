@@ -46,6 +46,9 @@ class History:
         seconds: duration of the fit on ``cfg.budget_clock`` (s), without the time spent in
             ``on_epoch_end``.
         wall_seconds: wall time of the whole fit (s), callbacks included.
+        environment: Python, the CPU kernels torch picked and the versions of the libraries
+            that decide the weights (:data:`~pbf_core.bench.machine.TRAINING_LIBRARIES`): the
+            same command trains the same weights only where these are the same too.
     """
 
     epochs: list[dict[str, float]] = field(default_factory=list)
@@ -56,6 +59,7 @@ class History:
     precision: str = "float32"
     seconds: float = 0.0
     wall_seconds: float = 0.0
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +71,22 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def environment() -> dict[str, Any]:
+    """What besides code, data and config decides a run's weights (see :class:`History`)."""
+    import platform
+
+    import torch
+
+    from pbf_core.bench.machine import TRAINING_LIBRARIES, package_versions
+
+    return {
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **package_versions(TRAINING_LIBRARIES),
+        "torch": torch.__version__,  # with the build's local tag (+cpu, +cu130, ...)
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -316,7 +336,7 @@ def _fit(
     wall_start, clock = time.perf_counter(), BudgetClock.for_config(cfg)
     run = _start(model, cfg)
     dtype_name = "float32" if run.dtype is None else str(run.dtype).removeprefix("torch.")
-    history = History(device=str(run.device), precision=dtype_name)
+    history = History(device=str(run.device), precision=dtype_name, environment=environment())
     best_state, stale = None, 0
     for epoch in range(cfg.epochs):
         losses, lr, out_of_time = _train_epoch(run, train_loader, epoch, clock, progress)

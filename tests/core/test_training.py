@@ -114,6 +114,9 @@ def test_fit_runs_calls_back_and_keeps_the_best_epoch(precision):
     assert history.best_score == max(m["val_dice"] for m in history.epochs)
     assert history.stopped == "completed"
     assert history.precision == ("bfloat16" if precision == "bf16" else "float32")
+    env = history.environment  # what a rerun elsewhere must match to give the same weights
+    assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert not model.training
 
 

@@ -104,6 +104,10 @@ def test_summary_markdown_is_the_one_formatting():
     assert "held-out `foundry` style" in text and "Dice 0.612" in text
     assert "3.25 false components / layer" in text
     assert "foundry" not in summary_markdown(replace(SUMMARY, held_out=None))
+    assert "Environment" not in text  # a summary from before the fit recorded it
+    env = {"torch": "2.14.1+cpu", "albumentations": "2.0.8"}
+    pinned = summary_markdown(replace(SUMMARY, training={**SUMMARY.training, "environment": env}))
+    assert "- **Environment:** torch 2.14.1+cpu, albumentations 2.0.8" in pinned
 
 
 def test_serve_flow_refuses_without_a_prefect_server(monkeypatch):
