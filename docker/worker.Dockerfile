@@ -21,13 +21,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/pbf
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" torch torchvision
+COPY constraints.txt ./
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt torch torchvision
 COPY pyproject.toml README.md prefect.yaml ./
 COPY pbf_core ./pbf_core
 COPY tasks ./tasks
 COPY flows ./flows
 COPY configs ./configs
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" . psycopg2-binary boto3 \
+RUN pip install --extra-index-url "${TORCH_INDEX_URL}" -c constraints.txt . psycopg2-binary boto3 \
     && useradd --create-home --uid 10001 pbf \
     && mkdir -p /var/lib/pbf && chown -R pbf /var/lib/pbf /opt/pbf
 

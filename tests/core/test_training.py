@@ -278,3 +278,23 @@ def test_lr_factor_anneals_to_a_small_floor(schedule):
     assert lr_factor(2.0, schedule) == values[-1]  # past the budget: stays at the floor
     with pytest.raises(ValueError, match="onecycle, cosine"):
         lr_factor(0.5, "step")
+
+
+def test_constraints_pin_every_library_the_weights_depend_on():
+    """``make install`` installs with constraints.txt: each training library at one version,
+    the one installed here, so a fresh clone trains the same weights."""
+    import re
+    from pathlib import Path
+
+    from pbf_core.bench.machine import TRAINING_LIBRARIES, package_versions
+
+    text = (Path(__file__).resolve().parents[2] / "constraints.txt").read_text()
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    pins = dict(
+        (norm(n), v) for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)$", text, re.MULTILINE)
+    )
+    for name, installed in package_versions(TRAINING_LIBRARIES).items():
+        assert norm(name) in pins, f"{name} is not pinned in constraints.txt"
+        assert installed.split("+")[0] == pins[norm(name)], (
+            f"{name} {installed} installed, {pins[norm(name)]} pinned"
+        )
