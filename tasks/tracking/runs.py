@@ -176,9 +176,16 @@ def system_metrics(run_id: str, interval_s: float = 5.0) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
-        # A step shorter than one sampling interval would otherwise leave the run without any.
-        if not any(k.startswith("system/") for k in client().get_run(run_id).data.metrics):
-            log_metrics(run_id, _system_snapshot())
+    # Only after the step succeeded: a failed step's own error must not be replaced by a call to
+    # a server that may be the reason it failed.
+    _ensure_system_metrics(run_id)
+
+
+@tracking_step("logging system metrics")
+def _ensure_system_metrics(run_id: str) -> None:
+    """A step shorter than one sampling interval would otherwise leave the run without any."""
+    if not any(k.startswith("system/") for k in client().get_run(run_id).data.metrics):
+        log_metrics(run_id, _system_snapshot())
 
 
 def _system_snapshot() -> dict[str, float]:

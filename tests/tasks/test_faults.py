@@ -94,3 +94,39 @@ def test_noted_runs_are_marked_failed_once_the_server_answers(tmp_path, monkeypa
     assert faults.settle_failed(mc) == ["r1"]
     assert mc.statuses == {"r1": "FAILED", "r2": "FINISHED"}
     assert faults.settle_failed(mc) == []  # nothing left noted
+
+
+class _Monitor:
+    """Stands in for MLflow's system metrics thread (no server in these unit tests)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def start(self):
+        pass
+
+    def finish(self):
+        pass
+
+
+class _DeadClient:
+    def get_run(self, run_id):
+        raise RuntimeError("API request to http://127.0.0.1:1/api failed: Connection refused")
+
+
+def test_system_metrics_leaves_a_failed_steps_error_alone(monkeypatch, tmp_path):
+    """A step that failed (here: because the server died) keeps its own error; before, the
+    closing check on the run's metrics replaced it with MLflow's raw exception."""
+    import mlflow.system_metrics.system_metrics_monitor as monitor
+
+    from tasks.tracking import runs
+
+    monkeypatch.setenv("PBF_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setattr(monitor, "SystemMetricsMonitor", _Monitor)
+    monkeypatch.setattr(runs, "client", lambda: _DeadClient())
+    with pytest.raises(ValueError, match="the step's own"), runs.system_metrics("run-1"):
+        raise ValueError("the step's own error")
+    # after a step that succeeded, a dead server is the one clear tracking error
+    failing = pytest.raises(faults.TrackingUnavailableError, match="logging system metrics")
+    with failing, runs.system_metrics("run-1"):
+        pass
