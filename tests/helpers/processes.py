@@ -37,13 +37,20 @@ def mlflow_server_command(bin_dir: Path, root: Path, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    """Poll ``url`` until it answers 200.
+def wait_ready(
+    url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120, in_a_row: int = 1
+) -> None:
+    """Poll ``url`` until it answers 200 ``in_a_row`` times running, each on a new connection.
+
+    A server whose entry processes each answer a readiness probe for themselves alone (BentoML
+    with several workers: the kernel spreads connections over them) is ready once many answers
+    in a row say so: with two processes, 12 in a row all from one has a chance of 1 in 2,048.
 
     Raises:
         ServerStartError: ``proc`` exited first, or ``timeout_s`` passed; with ``log``'s tail.
     """
     deadline = time.monotonic() + timeout_s
+    answered = 0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ServerStartError(
@@ -51,11 +58,13 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 1
             )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
+                answered = answered + 1 if resp.status == 200 else 0
         except OSError:  # refused, reset, timeout, or an HTTP error status
-            pass
-        time.sleep(0.5)
+            answered = 0
+        if answered >= in_a_row:
+            return
+        if not answered:
+            time.sleep(0.5)
     raise ServerStartError(f"{url} not up after {timeout_s:g} s:\n{log.read_text()[-4000:]}")
 
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-from helpers.processes import ServerStartError, free_port, stop_tree, wait_ready
+from helpers.processes import free_port, stop_tree, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 TILE = 64
@@ -128,31 +126,9 @@ def start_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{url}{probe}", proc, log, STARTUP_S)
-        if probe == "/readyz":
-            _every_worker_ready(f"{url}{probe}", proc, log)
+        # each entry process loads its own model and answers /readyz for itself alone
+        wait_ready(f"{url}{probe}", proc, log, STARTUP_S, in_a_row=12)
     except BaseException:
         stop_tree(proc)
         raise
     return proc, url
-
-
-def _every_worker_ready(url: str, proc: subprocess.Popen, log: Path, answers: int = 12) -> None:
-    """Wait for ``answers`` 200s in a row from ``url``, each on a new connection.
-
-    Each entry process loads the model itself and answers ``/readyz`` for itself alone; the
-    kernel spreads new connections over the processes, so one 200 may come from the first one
-    loaded while another still answers 503 "loading" (seen under load). With two processes,
-    12 answers in a row all from the same one has a chance of 1 in 2,048.
-    """
-    deadline = time.monotonic() + STARTUP_S
-    in_a_row = 0
-    while in_a_row < answers:
-        if time.monotonic() > deadline:
-            raise ServerStartError(f"{url}: not every worker ready:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                in_a_row = in_a_row + 1 if resp.status == 200 else 0
-        except OSError:
-            in_a_row = 0
-            time.sleep(0.2)
