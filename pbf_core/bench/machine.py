@@ -1,4 +1,4 @@
-"""What a benchmark ran on: CPU, cores, OS, Python and runtime versions, load average."""
+"""What a benchmark or a training ran on: CPU, cores, OS, Python, library versions, load."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+def training_environment() -> dict[str, Any]:
+    """What besides code, data and config decides a training run's weights: Python, the CPU
+    kernels torch picked and :data:`TRAINING_LIBRARIES` (torch with its local tag: +cpu, ...)."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **package_versions(TRAINING_LIBRARIES),
+        "torch": torch.__version__,
+    }
 
 
 def machine_info() -> dict[str, Any]:

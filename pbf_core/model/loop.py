@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pbf_core.bench.machine import training_environment
 from pbf_core.config import TrainConfig
 from pbf_core.deploy.inference import torch_predictor
 from pbf_core.deploy.tiling import predict_tiled
@@ -71,22 +72,6 @@ class History:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> History:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-
-def environment() -> dict[str, Any]:
-    """What besides code, data and config decides a run's weights (see :class:`History`)."""
-    import platform
-
-    import torch
-
-    from pbf_core.bench.machine import TRAINING_LIBRARIES, package_versions
-
-    return {
-        "python": platform.python_version(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        **package_versions(TRAINING_LIBRARIES),
-        "torch": torch.__version__,  # with the build's local tag (+cpu, +cu130, ...)
-    }
 
 
 def seed_everything(seed: int) -> None:
@@ -336,7 +321,9 @@ def _fit(
     wall_start, clock = time.perf_counter(), BudgetClock.for_config(cfg)
     run = _start(model, cfg)
     dtype_name = "float32" if run.dtype is None else str(run.dtype).removeprefix("torch.")
-    history = History(device=str(run.device), precision=dtype_name, environment=environment())
+    history = History(
+        device=str(run.device), precision=dtype_name, environment=training_environment()
+    )
     best_state, stale = None, 0
     for epoch in range(cfg.epochs):
         losses, lr, out_of_time = _train_epoch(run, train_loader, epoch, clock, progress)
