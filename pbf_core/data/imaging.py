@@ -1,8 +1,8 @@
 """Reading, normalising and writing layer images without losing bit depth.
 
 Raw PBF layers are 16-bit. They are read as stored (``uint8`` or ``uint16``) and normalised in
-float32 with percentiles or min-max, never through an 8-bit conversion that would clip every value
-above 255.
+float32 with percentiles (optionally after dividing by a smooth background) or min-max, never
+through an 8-bit conversion that would clip every value above 255.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def full_scale(dtype: np.dtype) -> float:
 
 def normalize(
     arr: np.ndarray,
-    method: Literal["percentile", "minmax", "fullscale"] = "percentile",
+    method: Literal["percentile", "flatfield", "minmax", "fullscale"] = "percentile",
     low: float = 0.5,
     high: float = 99.5,
 ) -> np.ndarray:
@@ -161,8 +161,11 @@ def normalize(
     Args:
         arr: ``(H, W)`` or ``(C, H, W)`` ``uint8``/``uint16`` (or float) image.
         method: ``percentile`` stretches ``[p_low, p_high]`` to [0, 1] (robust to hot pixels),
-            ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's maximum.
-        low, high: percentiles for ``percentile``.
+            ``flatfield`` first divides the image by its smooth background (:func:`flat_field`:
+            vignetting, light gradients, a machine frame) and then stretches the percentiles of
+            that ratio, ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's
+            maximum.
+        low, high: percentiles for ``percentile`` and ``flatfield``.
 
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
@@ -171,17 +174,46 @@ def normalize(
     if method == "fullscale":
         scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0
         return np.clip(x / scale, 0.0, 1.0)
+    if method == "flatfield":
+        x = flat_field(x)
     if method == "percentile" and arr.dtype in (np.uint8, np.uint16) and arr.size:
         lo, hi = integer_percentiles(arr, (low, high))  # same values, no sort
-    elif method == "percentile":
+    elif method in ("percentile", "flatfield"):
         lo, hi = np.percentile(x, [low, high])
     elif method == "minmax":
         lo, hi = float(x.min()), float(x.max())
     else:
-        raise ValueError(f"unknown normalisation {method!r}: use percentile, minmax or fullscale")
+        raise ValueError(
+            f"unknown normalisation {method!r}: use percentile, flatfield, minmax or fullscale"
+        )
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+#: :func:`flat_field` estimates the background on this many cells along the longer side.
+FLAT_FIELD_CELLS = 16
+
+
+def flat_field(x: np.ndarray, cells: int = FLAT_FIELD_CELLS) -> np.ndarray:
+    """``(H, W)`` float32 image (or a stack of them) over its smooth background (powder reads ~1).
+
+    The background is the median of each pixel's 5 x 5 neighbourhood of coarse cells (about a
+    third of the longer side across), upsampled. It follows vignetting and light gradients;
+    pores, lines, spatter and parts, which cover less than half of that window, stay out of it,
+    and so does a machine frame narrower than half of it (it keeps its own brightness against
+    the bed's). The ratio does not change with the camera's gain.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        return np.stack([flat_field(v, cells) for v in x])
+    h, w = x.shape
+    step = max(1, round(max(h, w) / cells))
+    small = cv2.resize(x, (max(1, w // step), max(1, h // step)), interpolation=cv2.INTER_AREA)
+    small = cv2.medianBlur(small, 5) if min(small.shape) >= 3 else small
+    background = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    floor = np.float32(max(1e-3 * float(background.max()), 1e-6))
+    return x / np.maximum(background, floor)
 
 
 def integer_percentiles(arr: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:

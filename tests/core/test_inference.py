@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pbf_core.data.imaging import normalize
 from pbf_core.deploy.inference import Segmenter
 from pbf_core.deploy.inputs import prepare_input
 from pbf_core.deploy.overlays import (
@@ -131,6 +132,17 @@ def test_prepare_input_variants():
     np.testing.assert_array_equal(views_as_rgb, from_stack)
     prepared = rng.random((3, 40, 50)).astype(np.float32)
     assert prepare_input(prepared, spec(3)) is not None
+
+
+def test_prepare_input_normalises_as_the_model_was_trained():
+    """A model trained on flat-fielded layers gets flat-fielded input, view by view."""
+    rng = np.random.default_rng(1)
+    light = np.linspace(0.5, 1.0, 64, dtype=np.float32)[None, None, :]
+    raw = (20_000 * light * (1 + 0.05 * rng.standard_normal((3, 48, 64)))).astype(np.uint16)
+    flat = prepare_input(raw, spec(3, normalization="flatfield"))
+    for view, expected in zip(raw, flat, strict=True):
+        np.testing.assert_array_equal(normalize(view, "flatfield"), expected)
+    assert not np.array_equal(flat, prepare_input(raw, spec(3)))
 
 
 @pytest.mark.parametrize(
