@@ -152,7 +152,7 @@ def full_scale(dtype: np.dtype) -> float:
 
 def normalize(
     arr: np.ndarray,
-    method: Literal["percentile", "flatfield", "minmax", "fullscale"] = "percentile",
+    method: Literal["percentile", "bed", "flatfield", "minmax", "fullscale"] = "percentile",
     low: float = 0.5,
     high: float = 99.5,
 ) -> np.ndarray:
@@ -161,11 +161,13 @@ def normalize(
     Args:
         arr: ``(H, W)`` or ``(C, H, W)`` ``uint8``/``uint16`` (or float) image.
         method: ``percentile`` stretches ``[p_low, p_high]`` to [0, 1] (robust to hot pixels),
+            ``bed`` stretches between the percentiles of the powder bed alone
+            (:func:`bed_region`: a machine frame around it is left out of the statistics),
             ``flatfield`` first divides the image by its smooth background (:func:`flat_field`:
             vignetting, light gradients, a machine frame) and then stretches the percentiles of
             that ratio, ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's
             maximum.
-        low, high: percentiles for ``percentile`` and ``flatfield``.
+        low, high: percentiles for ``percentile``, ``bed`` and ``flatfield``.
 
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
@@ -176,7 +178,10 @@ def normalize(
         return np.clip(x / scale, 0.0, 1.0)
     if method == "flatfield":
         x = flat_field(x)
-    if method == "percentile" and arr.dtype in (np.uint8, np.uint16) and arr.size:
+    if method == "bed" and arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16) and arr.size:
+        rows, cols = bed_region(x)
+        lo, hi = integer_percentiles(np.ascontiguousarray(arr[rows, cols]), (low, high))
+    elif method in ("percentile", "bed") and arr.dtype in (np.uint8, np.uint16) and arr.size:
         lo, hi = integer_percentiles(arr, (low, high))  # same values, no sort
     elif method in ("percentile", "flatfield"):
         lo, hi = np.percentile(x, [low, high])
@@ -184,11 +189,58 @@ def normalize(
         lo, hi = float(x.min()), float(x.max())
     else:
         raise ValueError(
-            f"unknown normalisation {method!r}: use percentile, flatfield, minmax or fullscale"
+            f"unknown normalisation {method!r}: use percentile, bed, flatfield, minmax or fullscale"
         )
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+#: :func:`bed_region` looks for the bed's edge in this fraction of each side, on blocks of
+#: ``BED_BLOCK`` pixels, and counts a change of ``BED_STEP`` of the interior's level as an edge.
+BED_SEARCH, BED_BLOCK, BED_STEP = 0.25, 8, 0.2
+
+
+def _inner_edge(profile: np.ndarray, level: float) -> int:
+    """Index just inside the innermost edge of a border band in the first ``BED_SEARCH``.
+
+    An edge is a step of more than ``BED_STEP`` of ``level`` across two blocks, where the band
+    outside it differs from as wide a band inside it by as much (in medians): a frame does, the
+    stripes of recoater streaks, which go up and down around the powder's level, do not.
+    """
+    band = int(len(profile) * BED_SEARCH)
+    scale = max(level, 1e-6)
+    steps = np.abs(profile[2 : band + 2] - profile[:band]) / scale
+    for edge in np.flatnonzero(steps > BED_STEP)[::-1]:
+        outer, inner = profile[: edge + 1], profile[edge + 2 : 2 * edge + 3]
+        if abs(float(np.median(outer)) - float(np.median(inner))) / scale > BED_STEP:
+            return int(edge) + 2
+    return 0
+
+
+def bed_region(x: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the powder bed in an ``(H, W)`` layer image.
+
+    A machine frame, a recoater or a bar across the picture shows as a band along the border
+    whose brightness steps away from the interior's. The row (column) profile is the median
+    of each row of ``BED_BLOCK``-pixel blocks across the central half of the columns (rows),
+    so parts and defects, which cover less than half of it, barely move it; the innermost step
+    larger than ``BED_STEP`` of the interior's level within ``BED_SEARCH`` of each border is
+    cut off. Vignetting and light gradients change by far less than that per block, so an image
+    without a frame keeps (nearly) all of itself.
+    """
+    h, w = x.shape
+    b = BED_BLOCK
+    if min(h, w) < 16 * b:
+        return slice(0, h), slice(0, w)
+    blocks = cv2.resize(np.asarray(x, np.float32), (w // b, h // b), interpolation=cv2.INTER_AREA)
+    bh, bw = blocks.shape
+    rows = np.median(blocks[:, bw // 4 : 3 * bw // 4], axis=1)
+    cols = np.median(blocks[bh // 4 : 3 * bh // 4], axis=0)
+    level = float(np.median(blocks[bh // 4 : 3 * bh // 4, bw // 4 : 3 * bw // 4]))
+    top, bottom = _inner_edge(rows, level), _inner_edge(rows[::-1], level)
+    left, right = _inner_edge(cols, level), _inner_edge(cols[::-1], level)
+    return slice(top * b, h - bottom * b), slice(left * b, w - right * b)
 
 
 #: :func:`flat_field` estimates the background on this many cells along the longer side.

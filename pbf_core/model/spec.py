@@ -44,7 +44,7 @@ class ModelSpec(BaseModel):
     head: Literal["full", "shuffle"] = "shuffle"
     head_width: int = Field(32, ge=0)
     views: tuple[str, ...] = ("a", "b", "c")
-    normalization: Literal["percentile", "flatfield", "minmax"] = "percentile"
+    normalization: Literal["percentile", "bed", "flatfield", "minmax"] = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
     tile_size: int = Field(256, ge=32)
     tile_overlap: int = Field(32, ge=0)

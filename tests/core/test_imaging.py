@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pbf_core.data.imaging import (
+    bed_region,
     decode_image,
     flat_field,
     integer_percentiles,
@@ -171,6 +172,50 @@ def test_flatfield_ignores_the_camera_gain_and_handles_stacks_and_flat_images():
     np.testing.assert_allclose(flat_field(stack.astype(np.float32))[1], flat_field(brighter * 1.0))
     assert not normalize(np.full((40, 30), 900, np.uint16), "flatfield").any()
     assert not normalize(np.zeros((3, 3), np.uint16), "flatfield").any()
+
+
+def _framed(bed: np.ndarray, width: int, level: float, sides: str = "tblr") -> np.ndarray:
+    """``bed`` with a flat machine frame ``width`` px wide on the named sides."""
+    out = bed.copy()
+    if "t" in sides:
+        out[:width] = level
+    if "b" in sides:
+        out[-width:] = level
+    if "l" in sides:
+        out[:, :width] = level
+    if "r" in sides:
+        out[:, -width:] = level
+    return out
+
+
+@pytest.mark.parametrize(("level", "sides"), [(6_000, "tblr"), (32_000, "tblr"), (7_000, "lr")])
+def test_bed_region_leaves_a_machine_frame_out(level, sides):
+    bed, _ = _vignetted_bed()
+    framed = _framed(bed, 40, level, sides)
+    rows, cols = bed_region(framed.astype(np.float32))
+    for cut, side in ((rows.start, "t"), (cols.start, "l")):
+        assert 40 <= cut <= 56 if side in sides else cut == 0
+    assert rows.stop == (256 - rows.start) and cols.stop == (256 - cols.start)
+    # the bed is stretched as if the frame were not there
+    inner = (slice(64, 192), slice(64, 192))
+    plain, alone = normalize(framed, "percentile"), normalize(framed, "bed")
+    reference = normalize(np.ascontiguousarray(bed[rows, cols]), "percentile")
+    expected = reference[64 - rows.start : 192 - rows.start, 64 - cols.start : 192 - cols.start]
+    np.testing.assert_allclose(alone[inner], expected, atol=1e-6)
+    assert np.abs(plain[inner] - expected).mean() > 0.05
+
+
+def test_bed_region_keeps_a_frameless_bed_whole():
+    rng = np.random.default_rng(5)
+    bed, _ = _vignetted_bed()
+    streaks = 1 + 0.03 * np.clip(cv2.GaussianBlur(rng.standard_normal((1, 256)), (0, 0), 3), -3, 3)
+    striped = np.clip(bed * streaks, 0, 65535).astype(np.uint16)
+    part = striped.copy()
+    part[20:120, 20:120] = (part[20:120, 20:120] * 1.8).astype(np.uint16)
+    for image in (bed, striped, part, np.zeros((64, 64), np.uint16)):
+        h, w = image.shape
+        assert bed_region(image.astype(np.float32)) == (slice(0, h), slice(0, w))
+        np.testing.assert_array_equal(normalize(image, "bed"), normalize(image, "percentile"))
 
 
 def test_normalize_constant_is_zero_and_unknown_method_raises():
