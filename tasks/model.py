@@ -29,7 +29,8 @@ def train(
     def on_epoch_end(metrics: dict[str, float]) -> None:
         log_to_mlflow(metrics)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
-        logger.info("epoch %s: %s", metrics.get("epoch"), shown)
+        # counted from 1, as `pbf train` prints them (the MLflow step stays the 0-based index)
+        logger.info("epoch %d/%d: %s", int(metrics["epoch"]) + 1, cfg.epochs, shown)
 
     with runs.system_metrics(run.run_id):
         return steps.train_model(dataset, cfg, out, on_epoch_end=on_epoch_end, progress=False)
