@@ -162,10 +162,10 @@ def normalize(
         arr: ``(H, W)`` or ``(C, H, W)`` ``uint8``/``uint16`` (or float) image.
         method: ``percentile`` stretches ``[p_low, p_high]`` to [0, 1] (robust to hot pixels),
             ``bed`` stretches between the percentiles of the powder bed alone
-            (:func:`bed_region`: a machine frame around it is left out of the statistics),
-            ``flatfield`` first divides the image by its smooth background (:func:`flat_field`:
-            vignetting, light gradients, a machine frame) and then stretches the percentiles of
-            that ratio, ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's
+            (:func:`bed_region`: a machine frame around it is left out of the statistics; a
+            ``(C, H, W)`` stack is stretched as a whole), ``flatfield`` first divides the image
+            by its smooth background (:func:`flat_field`: vignetting, light gradients) and then
+            stretches the percentiles of that ratio, ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's
             maximum.
         low, high: percentiles for ``percentile``, ``bed`` and ``flatfield``.
 
@@ -178,13 +178,8 @@ def normalize(
         return np.clip(x / scale, 0.0, 1.0)
     if method == "flatfield":
         x = flat_field(x)
-    if method == "bed" and arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16) and arr.size:
-        rows, cols = bed_region(x)
-        lo, hi = integer_percentiles(np.ascontiguousarray(arr[rows, cols]), (low, high))
-    elif method in ("percentile", "bed") and arr.dtype in (np.uint8, np.uint16) and arr.size:
-        lo, hi = integer_percentiles(arr, (low, high))  # same values, no sort
-    elif method in ("percentile", "flatfield"):
-        lo, hi = np.percentile(x, [low, high])
+    if method in ("percentile", "bed", "flatfield"):
+        lo, hi = _stretch_limits(x if method == "flatfield" else arr, method == "bed", low, high)
     elif method == "minmax":
         lo, hi = float(x.min()), float(x.max())
     else:
@@ -194,6 +189,20 @@ def normalize(
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
     return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+def _stretch_limits(
+    values: np.ndarray, bed_only: bool, low: float, high: float
+) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of ``values`` (of a 2-D view's bed alone if asked)."""
+    if bed_only and values.ndim == 2:
+        rows, cols = bed_region(values)
+        values = np.ascontiguousarray(values[rows, cols])
+    if values.dtype in (np.uint8, np.uint16) and values.size:
+        lo, hi = integer_percentiles(values, (low, high))  # same values, no sort
+    else:
+        lo, hi = np.percentile(values.astype(np.float32), [low, high])
+    return float(lo), float(hi)
 
 
 #: :func:`bed_region` looks for the bed's edge in this fraction of each side, on blocks of

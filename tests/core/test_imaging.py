@@ -202,6 +202,7 @@ def test_bed_region_leaves_a_machine_frame_out(level, sides):
     reference = normalize(np.ascontiguousarray(bed[rows, cols]), "percentile")
     expected = reference[64 - rows.start : 192 - rows.start, 64 - cols.start : 192 - cols.start]
     np.testing.assert_allclose(alone[inner], expected, atol=1e-6)
+    np.testing.assert_allclose(normalize(framed.astype(np.float32), "bed"), alone, atol=1e-6)
     assert np.abs(plain[inner] - expected).mean() > 0.05
 
 
