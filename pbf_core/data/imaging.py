@@ -179,7 +179,8 @@ def normalize(
     if method == "flatfield":
         x = flat_field(x)
     if method in ("percentile", "bed", "flatfield"):
-        lo, hi = _stretch_limits(x if method == "flatfield" else arr, method == "bed", low, high)
+        integer = arr.dtype in (np.uint8, np.uint16) and method != "flatfield"
+        lo, hi = _stretch_limits(arr if integer else x, method == "bed", low, high)
     elif method == "minmax":
         lo, hi = float(x.min()), float(x.max())
     else:
@@ -194,14 +195,17 @@ def normalize(
 def _stretch_limits(
     values: np.ndarray, bed_only: bool, low: float, high: float
 ) -> tuple[float, float]:
-    """The ``low`` and ``high`` percentiles of ``values`` (of a 2-D view's bed alone if asked)."""
+    """The ``low`` and ``high`` percentiles of ``values`` (of a 2-D view's bed alone if asked).
+
+    ``values`` is the stored uint8/uint16 image (read from its histogram) or float32.
+    """
     if bed_only and values.ndim == 2:
         rows, cols = bed_region(values)
         values = np.ascontiguousarray(values[rows, cols])
     if values.dtype in (np.uint8, np.uint16) and values.size:
         lo, hi = integer_percentiles(values, (low, high))  # same values, no sort
     else:
-        lo, hi = np.percentile(values.astype(np.float32), [low, high])
+        lo, hi = np.percentile(values, [low, high])
     return float(lo), float(hi)
 
 
