@@ -210,50 +210,93 @@ def _stretch_limits(
 
 
 #: :func:`bed_region` looks for the bed's edge in this fraction of each side, on blocks of
-#: ``BED_BLOCK`` pixels, and counts a change of ``BED_STEP`` of the interior's level as an edge.
-BED_SEARCH, BED_BLOCK, BED_STEP = 0.25, 8, 0.2
+#: ``BED_BLOCK`` pixels, and counts a change of ``BED_STEP`` of the interior's level, or a
+#: change of the blocks' texture by a factor ``BED_TEXTURE``, as an edge.
+BED_SEARCH, BED_BLOCK, BED_STEP, BED_TEXTURE = 0.25, 8, 0.2, 2.0
 
 
-def _inner_edge(profile: np.ndarray, level: float) -> int:
+def _inner_edge(profile: np.ndarray, step: float) -> int:
     """Index just inside the innermost edge of a border band in the first ``BED_SEARCH``.
 
-    An edge is a step of more than ``BED_STEP`` of ``level`` across two blocks, where the band
-    outside it differs from as wide a band inside it by as much (in medians): a frame does, the
-    stripes of recoater streaks, which go up and down around the powder's level, do not.
+    An edge is a change of more than ``step`` across two blocks, where the band outside it
+    differs from as wide a band inside it by as much (in medians): a frame does, the stripes
+    of recoater streaks, which go up and down around the powder's level, do not.
     """
     band = int(len(profile) * BED_SEARCH)
-    scale = max(level, 1e-6)
-    steps = np.abs(profile[2 : band + 2] - profile[:band]) / scale
-    for edge in np.flatnonzero(steps > BED_STEP)[::-1]:
+    steps = np.abs(profile[2 : band + 2] - profile[:band])
+    for edge in np.flatnonzero(steps > step)[::-1]:
         outer, inner = profile[: edge + 1], profile[edge + 2 : 2 * edge + 3]
-        if abs(float(np.median(outer)) - float(np.median(inner))) / scale > BED_STEP:
+        if abs(float(np.median(outer)) - float(np.median(inner))) > step:
             return int(edge) + 2
     return 0
+
+
+def _block_profiles(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Row and column profiles of ``BED_BLOCK`` blocks: level (over the interior's) and texture.
+
+    Each profile is the median over the central half of the other axis, so parts and defects,
+    which cover less than half of it, barely move it. Texture is the log of a block's standard
+    deviation over its mean: a change of gain or vignetting leaves it alone.
+    """
+    h, w = x.shape
+    b = BED_BLOCK
+    x = np.asarray(x, np.float32)
+    blocks = cv2.resize(x, (w // b, h // b), interpolation=cv2.INTER_AREA)
+    squares = cv2.resize(x * x, (w // b, h // b), interpolation=cv2.INTER_AREA)
+    spread = np.sqrt(np.maximum(squares - blocks * blocks, 0.0))
+    texture = np.log(np.maximum(spread / np.maximum(blocks, 1e-6), 1e-4))
+    bh, bw = blocks.shape
+    level = max(float(np.median(blocks[bh // 4 : 3 * bh // 4, bw // 4 : 3 * bw // 4])), 1e-6)
+    rows, cols = (slice(None), slice(bw // 4, 3 * bw // 4)), (slice(bh // 4, 3 * bh // 4),)
+    return (
+        np.median(blocks[rows], axis=1) / level,
+        np.median(texture[rows], axis=1),
+        np.median(blocks[cols], axis=0) / level,
+        np.median(texture[cols], axis=0),
+    )
+
+
+def _border_cut(level: np.ndarray, texture: np.ndarray) -> int:
+    """Blocks to cut from the start of a profile: the innermost level or texture edge."""
+    return max(_inner_edge(level, BED_STEP), _inner_edge(texture, float(np.log(BED_TEXTURE))))
 
 
 def bed_region(x: np.ndarray) -> tuple[slice, slice]:
     """Rows and columns of the powder bed in an ``(H, W)`` layer image.
 
     A machine frame, a recoater or a bar across the picture shows as a band along the border
-    whose brightness steps away from the interior's. The row (column) profile is the median
-    of each row of ``BED_BLOCK``-pixel blocks across the central half of the columns (rows),
-    so parts and defects, which cover less than half of it, barely move it; the innermost step
-    larger than ``BED_STEP`` of the interior's level within ``BED_SEARCH`` of each border is
-    cut off. Vignetting and light gradients change by far less than that per block, so an image
-    without a frame keeps (nearly) all of itself.
+    whose brightness steps away from the interior's by more than ``BED_STEP`` of its level, or
+    whose texture (brushed or machined metal against powder grain) changes by more than a
+    factor ``BED_TEXTURE``; the innermost such edge within ``BED_SEARCH`` of each border is cut
+    off (:func:`_block_profiles`). Vignetting and light gradients change the level by far less
+    than that per block and the texture not at all, so an image without a frame keeps (nearly)
+    all of itself.
     """
     h, w = x.shape
     b = BED_BLOCK
     if min(h, w) < 16 * b:
         return slice(0, h), slice(0, w)
-    blocks = cv2.resize(np.asarray(x, np.float32), (w // b, h // b), interpolation=cv2.INTER_AREA)
-    bh, bw = blocks.shape
-    rows = np.median(blocks[:, bw // 4 : 3 * bw // 4], axis=1)
-    cols = np.median(blocks[bh // 4 : 3 * bh // 4], axis=0)
-    level = float(np.median(blocks[bh // 4 : 3 * bh // 4, bw // 4 : 3 * bw // 4]))
-    top, bottom = _inner_edge(rows, level), _inner_edge(rows[::-1], level)
-    left, right = _inner_edge(cols, level), _inner_edge(cols[::-1], level)
+    row_level, row_texture, col_level, col_texture = _block_profiles(x)
+    top = _border_cut(row_level, row_texture)
+    bottom = _border_cut(row_level[::-1], row_texture[::-1])
+    left = _border_cut(col_level, col_texture)
+    right = _border_cut(col_level[::-1], col_texture[::-1])
     return slice(top * b, h - bottom * b), slice(left * b, w - right * b)
+
+
+def bed_mask(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: the powder bed in every view of an ``(H, W)`` or ``(C, H, W)`` image.
+
+    The views of a layer share one camera, so the bed is where :func:`bed_region` of each view
+    agrees (their intersection); without a frame that is the whole picture.
+    """
+    views = image if image.ndim == 3 else image[None]
+    regions = [bed_region(v) for v in views]
+    rows = slice(max(r.start for r, _ in regions), min(r.stop for r, _ in regions))
+    cols = slice(max(c.start for _, c in regions), min(c.stop for _, c in regions))
+    mask = np.zeros(views.shape[1:], bool)
+    mask[rows, cols] = True
+    return mask
 
 
 #: :func:`flat_field` estimates the background on this many cells along the longer side.

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pbf_core.data.imaging import (
+    bed_mask,
     bed_region,
     decode_image,
     flat_field,
@@ -204,6 +205,36 @@ def test_bed_region_leaves_a_machine_frame_out(level, sides):
     np.testing.assert_allclose(alone[inner], expected, atol=1e-6)
     np.testing.assert_allclose(normalize(framed.astype(np.float32), "bed"), alone, atol=1e-6)
     assert np.abs(plain[inner] - expected).mean() > 0.05
+
+
+@pytest.mark.parametrize(("grain", "sides"), [(0.003, "tblr"), (0.15, "tb"), (0.15, "tblr")])
+def test_bed_region_finds_a_frame_as_bright_as_the_bed_by_its_texture(grain, sides):
+    # the frame's metal reads as bright as the powder beside it (the level test sees no edge)
+    # but it is smooth (0.3 %) or rough (15 %) where the powder's grain is 3 %
+    rng = np.random.default_rng(11)
+    bed, _ = _vignetted_bed()
+    yy, xx = np.mgrid[:256, :256] / 255.0 - 0.5
+    metal = 20_000 * (1.0 - 0.9 * (xx**2 + yy**2)) * (1 + grain * rng.standard_normal(bed.shape))
+    framed = bed.copy()
+    frame = ~_framed(np.ones(bed.shape, bool), 40, False, sides)
+    framed[frame] = np.clip(metal[frame], 0, 65535).astype(np.uint16)
+    rows, cols = bed_region(framed)
+    for cut, side in ((rows.start, "t"), (cols.start, "l")):
+        assert 40 <= cut <= 56 if side in sides else cut == 0
+    assert rows.stop == (256 - rows.start) and cols.stop == (256 - cols.start)
+    reference = normalize(np.ascontiguousarray(bed[rows, cols]), "percentile")
+    np.testing.assert_allclose(normalize(framed, "bed")[rows, cols], reference, atol=1e-6)
+
+
+def test_bed_mask_is_the_bed_of_every_view():
+    bed, _ = _vignetted_bed()
+    left, top = _framed(bed, 40, 6_000, "l"), _framed(bed, 40, 6_000, "t")
+    mask = bed_mask(np.stack([left, top, bed]).astype(np.float32))
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    assert 40 <= rows[0] <= 56 and 40 <= cols[0] <= 56 and rows[-1] == cols[-1] == 255
+    assert mask[rows[0] :, cols[0] :].all() and mask.sum() == mask[rows[0] :, cols[0] :].size
+    assert (bed_mask(left) == mask.any(0)[None, :]).all()
+    assert bed_mask(np.zeros((2, 40, 50), np.float32)).all()
 
 
 def test_bed_region_keeps_a_frameless_bed_whole():
