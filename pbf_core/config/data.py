@@ -164,6 +164,11 @@ class LabelConfig(Frozen):
     threshold: ThresholdLabelConfig = ThresholdLabelConfig()
     background: BackgroundLabelConfig = BackgroundLabelConfig()
     adaptive: AdaptiveLabelConfig = AdaptiveLabelConfig()
+    bed_only: bool = Field(
+        True,
+        description="keep weak labels inside the powder bed only (imaging.bed_mask: a machine "
+        "frame or machinery around the bed is never labelled a defect)",
+    )
 
 
 class PrepareConfig(Frozen):

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from pbf_core.config import BackgroundLabelConfig, LabelConfig, ThresholdLabelConfig
+from pbf_core.data.imaging import bed_mask
 
 #: MAD → standard deviation of a normal distribution.
 _MAD_TO_SIGMA = 1.4826
@@ -289,7 +290,8 @@ def synthesize_labels(image: np.ndarray, cfg: LabelConfig) -> np.ndarray:
 
     Args:
         image: ``(C, H, W)`` float in [0, 1] (C = 3 for a/b/c triplets, 1 for single images).
-        cfg: method name and per-method parameters.
+        cfg: method name and per-method parameters; ``bed_only`` drops what lies outside the
+            powder bed (:func:`~pbf_core.data.imaging.bed_mask`).
 
     Returns:
         ``(H, W)`` bool weak label.
@@ -303,4 +305,5 @@ def synthesize_labels(image: np.ndarray, cfg: LabelConfig) -> np.ndarray:
         raise ValueError(
             f"unknown label method {cfg.method!r}; valid: {', '.join(METHODS)}"
         ) from None
-    return method(image, getattr(cfg, cfg.method))
+    mask = method(image, getattr(cfg, cfg.method))
+    return mask & bed_mask(image) if cfg.bed_only else mask

@@ -52,6 +52,28 @@ def test_dark_hole_in_all_views_is_found(method: str, channels: int) -> None:
     assert mask.sum() <= 4 * 4 + 8  # the hole, at most a thin rim around it
 
 
+@pytest.mark.parametrize("method", BOTH)
+def test_labels_keep_to_the_powder_bed(method: str) -> None:
+    # a bright, smooth machine frame 32 px wide with dark bolt holes, around a bed with a hole
+    rng = np.random.default_rng(4)
+    image = np.clip(0.5 + rng.normal(0.0, 0.02, (3, 256, 256)), 0, 1).astype(np.float32)
+    frame = np.ones((256, 256), bool)
+    frame[32:-32, 32:-32] = False
+    image[:, frame] = 0.85
+    for y, x in ((8, 100), (240, 60), (150, 12)):
+        image[(slice(None), *square(y, x, 5))] = 0.02
+    image[(slice(None), *square(120, 140, 5))] = 0.02
+    cfg = LabelConfig(method=method, bed_only=False)
+    if method != "threshold":
+        cfg = cfg.model_copy(update={method: type(getattr(cfg, method))(reference_size=None)})
+    everywhere = synthesize_labels(image, cfg)
+    kept = synthesize_labels(image, cfg.model_copy(update={"bed_only": True}))
+    assert everywhere[frame].sum() >= 3 * 25 and kept[square(120, 140, 5)].all()
+    assert not kept[frame].any()
+    inner = square(48, 48, 160)  # the bed's edge is found within two 8 px blocks
+    np.testing.assert_array_equal(kept[inner], everywhere[inner])
+
+
 @pytest.mark.parametrize("shadow_view", [0, 1, 2])
 def test_shadow_in_one_view_is_not_labelled_by_background(shadow_view: int) -> None:
     image = bed(3)
