@@ -5,8 +5,10 @@ Usage::
     python benchmarks/label_quality.py --synthetic-layers 40 --size 512 --seed 0 \\
         --am04 ../shared/data/real/am04 --out benchmarks/results
 
-Writes ``label_quality.json`` (per data set and labeller: micro-averaged quality, detection per
-defect type, per-layer counts, time per layer) and ``label_quality.md`` (the tables) under
+``--normalization`` picks the stretch of each view (default ``percentile``; ``make run``
+prepares with ``bed``); labels keep to the powder bed (``labels.bed_only``) unless
+``--everywhere``. Writes ``NAME.json`` (per data set and labeller: micro-averaged quality, detection per
+defect type, per-layer counts, time per layer) and ``NAME.md`` (the tables; ``--name``, default ``label_quality``) under
 ``--out``. Truth for am04 is the union of its per-instance masks except Spattering (drawn as
 coarse regions, see its SOURCE.txt); its NoDefects images have empty truth. Per-type detection
 counts annotated instances (am04: one mask file each; synthetic: connected components of each
@@ -21,7 +23,7 @@ import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from pbf_core.config import LabelConfig, SynthConfig
 from pbf_core.data import imaging
-from pbf_core.data.labels import METHODS
+from pbf_core.data.labels import METHODS, synthesize_labels
 from pbf_core.data.layers import DEFECT_TYPES, TRIPLET_VIEWS
 from pbf_core.evaluation.metrics import instance_counts, instance_metrics
 from pbf_core.files import write_json
@@ -60,15 +62,15 @@ def _type_instances(types: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def synthetic_layers(root: Path) -> Iterator[Layer]:
-    """Layers of a synthetic build, noise frames skipped, each view percentile-normalised."""
+def synthetic_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
+    """Layers of a synthetic build, noise frames skipped, each view normalised by ``stretch``."""
     manifest = json.loads((root / "manifest.json").read_text())
     for entry in manifest["layers"]:
         if entry.get("kind", "layer") != "layer":
             continue
         lid = entry["id"]
         views = [
-            imaging.normalize(imaging.read_image(root / "images" / f"{lid}{v}.PNG"), "percentile")
+            imaging.normalize(imaging.read_image(root / "images" / f"{lid}{v}.PNG"), stretch)
             for v in TRIPLET_VIEWS
         ]
         types = imaging.read_raw_labels(root / "types" / f"{lid}.png")
@@ -76,7 +78,7 @@ def synthetic_layers(root: Path) -> Iterator[Layer]:
         yield Layer(lid, np.stack(views), truth, _type_instances(types))
 
 
-def am04_layers(root: Path) -> Iterator[Layer]:
+def am04_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
     """am04 layers: 46 with defects (truth = instances except Spattering), 8 defect-free."""
     data = root / "data"
     for img in sorted((data / "Defects").glob("*/*.jpg")):
@@ -91,32 +93,32 @@ def am04_layers(root: Path) -> Iterator[Layer]:
             instances.append((kind, mask))
             if kind != "spattering":
                 truth |= mask
-        yield Layer(img.stem, imaging.normalize(gray, "percentile")[None], truth, instances)
+        yield Layer(img.stem, imaging.normalize(gray, stretch)[None], truth, instances)
     for img in sorted((data / "NoDefects").glob("*.jpg")):
         gray = imaging.to_gray(imaging.read_image(img))
         empty = np.zeros(gray.shape, dtype=bool)
-        yield Layer(f"NoDefects/{img.stem}", imaging.normalize(gray, "percentile")[None], empty, [])
+        yield Layer(f"NoDefects/{img.stem}", imaging.normalize(gray, stretch)[None], empty, [])
 
 
-def labellers(cfg: LabelConfig) -> dict[str, tuple[Callable, object]]:
-    """Row name → (method, its config): every method with its defaults, plus the untuned rule."""
-    rows: dict[str, tuple[Callable, object]] = {
-        name: (method, getattr(cfg, name)) for name, method in METHODS.items()
-    }
+def labellers(cfg: LabelConfig) -> dict[str, LabelConfig]:
+    """Row name → label config: every method with its defaults, plus the untuned rule."""
+    rows = {name: cfg.model_copy(update={"method": name}) for name in METHODS}
     untuned = cfg.threshold.model_copy(update={"threshold": PROTOTYPE_THRESHOLD})
-    rows[f"threshold (untuned, t={PROTOTYPE_THRESHOLD})"] = (METHODS["threshold"], untuned)
+    rows[f"threshold (untuned, t={PROTOTYPE_THRESHOLD})"] = cfg.model_copy(
+        update={"method": "threshold", "threshold": untuned}
+    )
     return rows
 
 
-def evaluate(layers: Iterator[Layer], rows: dict[str, tuple[Callable, object]]) -> dict:
+def evaluate(layers: Iterator[Layer], rows: dict[str, LabelConfig]) -> dict:
     """Every labeller on every layer: summary, per-type detection, per-layer counts, ms/layer."""
     per_layer: dict[str, list[dict]] = {name: [] for name in rows}
     times: dict[str, list[float]] = {name: [] for name in rows}
     by_type = {name: {k: [0, 0, 0, 0] for k in DEFECT_TYPES} for name in rows}
     for layer in layers:
-        for name, (method, sub) in rows.items():
+        for name, cfg in rows.items():
             t0 = time.perf_counter()
-            pred = method(layer.image, sub)
+            pred = synthesize_labels(layer.image, cfg)
             times[name].append((time.perf_counter() - t0) * 1e3)
             per_layer[name].append({"id": layer.layer_id, **instance_counts(pred, layer.truth)})
             for kind, mask in layer.instances:
@@ -139,10 +141,13 @@ def evaluate(layers: Iterator[Layer], rows: dict[str, tuple[Callable, object]]) 
                 for kind, (n, d, px, tp) in by_type[name].items()
             },
             "median_ms_per_layer": statistics.median(times[name]) if times[name] else 0.0,
-            "config": sub.model_dump(),
+            "config": {
+                "bed_only": cfg.bed_only,
+                **getattr(cfg, cfg.method).model_dump(),
+            },
             "layers": per_layer[name],
         }
-        for name, (_, sub) in rows.items()
+        for name, cfg in rows.items()
     }
 
 
@@ -185,9 +190,15 @@ def main() -> None:
     parser.add_argument("--synthetic-dir", type=Path, help="reuse this build instead of generating")
     parser.add_argument("--am04", type=Path, help="am04 root (with data/ and SOURCE.txt)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--normalization", choices=["percentile", "bed"], default="percentile")
+    parser.add_argument(
+        "--everywhere", action="store_true", help="label outside the powder bed too"
+    )
+    parser.add_argument("--name", default="label_quality", help="result file stem")
     args = parser.parse_args()
 
-    rows = labellers(LabelConfig())
+    rows = labellers(LabelConfig(bed_only=not args.everywhere))
+    stretch = args.normalization
     results: dict[str, dict[str, dict]] = {}
     if args.synthetic_layers > 0:
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,14 +212,17 @@ def main() -> None:
                     SynthConfig(layers=args.synthetic_layers, size=args.size, seed=args.seed),
                 )
             key = f"synthetic ({args.synthetic_layers} layers, {args.size}px, seed {args.seed})"
-            results[key] = evaluate(synthetic_layers(build), rows)
+            results[key] = evaluate(synthetic_layers(build, stretch), rows)
     if args.am04 is not None:
-        results["am04 (46 Defects + 8 NoDefects, C=1)"] = evaluate(am04_layers(args.am04), rows)
+        key = "am04 (46 Defects + 8 NoDefects, C=1)"
+        results[key] = evaluate(am04_layers(args.am04, stretch), rows)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "label_quality.json", results)
-    table = markdown(results)
-    (args.out / "label_quality.md").write_text(table)
+    meta = {"normalization": stretch, "bed_only": not args.everywhere}
+    write_json(args.out / f"{args.name}.json", {"settings": meta, **results})
+    table = f"Stretch `{stretch}`, labels inside the bed only: {not args.everywhere}.\n\n"
+    table += markdown(results)
+    (args.out / f"{args.name}.md").write_text(table)
     print(table)
 
 
