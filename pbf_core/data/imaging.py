@@ -240,7 +240,7 @@ def _block_profiles(x: np.ndarray) -> tuple[np.ndarray, ...]:
     """
     h, w = x.shape
     b = BED_BLOCK
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, np.float64)  # the variance below is a difference of large squares
     blocks = cv2.resize(x, (w // b, h // b), interpolation=cv2.INTER_AREA)
     squares = cv2.resize(x * x, (w // b, h // b), interpolation=cv2.INTER_AREA)
     spread = np.sqrt(np.maximum(squares - blocks * blocks, 0.0))
