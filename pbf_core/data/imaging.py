@@ -213,20 +213,27 @@ def _stretch_limits(
 #: ``BED_BLOCK`` pixels, and counts a change of ``BED_STEP`` of the interior's level, or a
 #: change of the blocks' texture by a factor ``BED_TEXTURE``, as an edge.
 BED_SEARCH, BED_BLOCK, BED_STEP, BED_TEXTURE = 0.25, 8, 0.2, 2.0
+#: Blocks either side of an edge that must differ as a whole (:func:`_inner_edge`).
+BED_NEAR = 5
 
 
 def _inner_edge(profile: np.ndarray, step: float) -> int:
     """Index just inside the innermost edge of a border band in the first ``BED_SEARCH``.
 
-    An edge is a change of more than ``step`` across two blocks, where the band outside it
-    differs from as wide a band inside it by as much (in medians): a frame does, the stripes
-    of recoater streaks, which go up and down around the powder's level, do not.
+    An edge is a change of more than ``step`` across two blocks that lasts: most of the
+    ``BED_NEAR`` blocks outside it differ by as much from the median of as many inside it (a
+    line through the bed changes one or two blocks), and so does the median of the band
+    outside it from that of as wide a band inside it (a frame does, the stripes of recoater
+    streaks, which go up and down around the powder's level, do not).
     """
     band = int(len(profile) * BED_SEARCH)
     steps = np.abs(profile[2 : band + 2] - profile[:band])
     for edge in np.flatnonzero(steps > step)[::-1]:
+        near_in = float(np.median(profile[edge + 2 : edge + 2 + BED_NEAR]))
+        near_out = profile[max(0, edge + 1 - BED_NEAR) : edge + 1]
         outer, inner = profile[: edge + 1], profile[edge + 2 : 2 * edge + 3]
-        if abs(float(np.median(outer)) - float(np.median(inner))) > step:
+        lasting = np.mean(np.abs(near_out - near_in) > step) > 0.5
+        if lasting and abs(float(np.median(outer)) - float(np.median(inner))) > step:
             return int(edge) + 2
     return 0
 
@@ -284,19 +291,31 @@ def bed_region(x: np.ndarray) -> tuple[slice, slice]:
     return slice(top * b, h - bottom * b), slice(left * b, w - right * b)
 
 
-def bed_mask(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` bool: the powder bed in every view of an ``(H, W)`` or ``(C, H, W)`` image.
+def bed_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """Row start, row stop, column start, column stop of the powder bed in every view.
 
-    The views of a layer share one camera, so the bed is where :func:`bed_region` of each view
-    agrees (their intersection); without a frame that is the whole picture.
+    ``image`` is ``(H, W)`` or ``(C, H, W)`` as stored (before a stretch: its offset distorts
+    the texture edge of :func:`bed_region`). The views of a layer share one camera, so the
+    bed is where :func:`bed_region` of each view agrees (their intersection); without a frame
+    that is the whole picture.
     """
     views = image if image.ndim == 3 else image[None]
     regions = [bed_region(v) for v in views]
-    rows = slice(max(r.start for r, _ in regions), min(r.stop for r, _ in regions))
-    cols = slice(max(c.start for _, c in regions), min(c.stop for _, c in regions))
-    mask = np.zeros(views.shape[1:], bool)
-    mask[rows, cols] = True
+    rows = max(r.start for r, _ in regions), min(r.stop for r, _ in regions)
+    cols = max(c.start for _, c in regions), min(c.stop for _, c in regions)
+    return rows[0], max(rows), cols[0], max(cols)
+
+
+def box_mask(shape: tuple[int, int], box: Sequence[int]) -> np.ndarray:
+    """``(H, W)`` bool: True inside ``box`` (row start, row stop, column start, column stop)."""
+    mask = np.zeros(shape, bool)
+    mask[box[0] : box[1], box[2] : box[3]] = True
     return mask
+
+
+def bed_mask(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: the powder bed of an image as stored (:func:`bed_box`)."""
+    return box_mask(image.shape[-2:], bed_box(image))
 
 
 #: :func:`flat_field` estimates the background on this many cells along the longer side.

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pbf_core.data.imaging import (
+    bed_box,
     bed_mask,
     bed_region,
     decode_image,
@@ -248,6 +249,28 @@ def test_bed_region_keeps_a_frameless_bed_whole():
         h, w = image.shape
         assert bed_region(image.astype(np.float32)) == (slice(0, h), slice(0, w))
         np.testing.assert_array_equal(normalize(image, "bed"), normalize(image, "percentile"))
+
+
+@pytest.mark.parametrize("col", [20, 40, 200, 236])
+def test_a_line_near_the_border_is_not_a_frame(col):
+    # a lack-of-fusion line two px wide down most of the bed, 20-56 px from a side: it changes
+    # one block of the profile, where a frame changes all of them out to the border
+    bed, _ = _vignetted_bed()
+    lined = bed.copy()
+    lined[20:236, col : col + 2] = (lined[20:236, col : col + 2] * 0.4).astype(np.uint16)
+    assert bed_region(lined) == (slice(0, 256), slice(0, 256))
+    assert bed_box(np.stack([lined, bed, lined])) == (0, 256, 0, 256)
+
+
+def test_the_bed_is_found_on_the_views_as_stored():
+    # the stretch's offset darkens the vignetted corners towards 0, which multiplies the
+    # blocks' spread over their mean there: found on the stretched picture, the line at 40 px
+    # would pass for a frame's edge; bed_box documents that it wants the stored values
+    bed, _ = _vignetted_bed()
+    lined = bed.copy()
+    lined[20:236, 40:42] = (lined[20:236, 40:42] * 0.4).astype(np.uint16)
+    assert bed_region(normalize(lined, "percentile")) != (slice(0, 256), slice(0, 256))
+    assert bed_mask(lined).all()
 
 
 def test_normalize_constant_is_zero_and_unknown_method_raises():
