@@ -99,7 +99,7 @@ def _baselines(val: list, test: list) -> dict:
         label_cfg = LabelConfig(method=method)
         per_split = {}
         for name, samples in (("val", val), ("test", test)):
-            masks = [synthesize_labels(s.image, label_cfg) for s in samples]
+            masks = [synthesize_labels(s.image, label_cfg, s.bed) for s in samples]
             q = instance_metrics(
                 instance_counts(m, s.truth) for m, s in zip(masks, samples, strict=True)
             )

@@ -51,6 +51,7 @@ class Layer:
     image: np.ndarray
     truth: np.ndarray
     instances: list[tuple[str, np.ndarray]]  # (defect type, (H, W) bool mask)
+    bed: np.ndarray  # (H, W) bool powder bed, found on the views as stored
 
 
 def _type_instances(types: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -69,13 +70,13 @@ def synthetic_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]
         if entry.get("kind", "layer") != "layer":
             continue
         lid = entry["id"]
-        views = [
-            imaging.normalize(imaging.read_image(root / "images" / f"{lid}{v}.PNG"), stretch)
-            for v in TRIPLET_VIEWS
-        ]
+        raw = np.stack(
+            [imaging.read_image(root / "images" / f"{lid}{v}.PNG") for v in TRIPLET_VIEWS]
+        )
+        image = np.stack([imaging.normalize(v, stretch) for v in raw])
         types = imaging.read_raw_labels(root / "types" / f"{lid}.png")
         truth = imaging.read_mask(root / "truth" / f"{lid}.png")
-        yield Layer(lid, np.stack(views), truth, _type_instances(types))
+        yield Layer(lid, image, truth, _type_instances(types), imaging.bed_mask(raw))
 
 
 def am04_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
@@ -93,11 +94,12 @@ def am04_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
             instances.append((kind, mask))
             if kind != "spattering":
                 truth |= mask
-        yield Layer(img.stem, imaging.normalize(gray, stretch)[None], truth, instances)
+        image = imaging.normalize(gray, stretch)[None]
+        yield Layer(img.stem, image, truth, instances, imaging.bed_mask(gray))
     for img in sorted((data / "NoDefects").glob("*.jpg")):
         gray = imaging.to_gray(imaging.read_image(img))
-        empty = np.zeros(gray.shape, dtype=bool)
-        yield Layer(f"NoDefects/{img.stem}", imaging.normalize(gray, stretch)[None], empty, [])
+        empty, bed = np.zeros(gray.shape, dtype=bool), imaging.bed_mask(gray)
+        yield Layer(f"NoDefects/{img.stem}", imaging.normalize(gray, stretch)[None], empty, [], bed)
 
 
 def labellers(cfg: LabelConfig) -> dict[str, LabelConfig]:
@@ -118,7 +120,7 @@ def evaluate(layers: Iterator[Layer], rows: dict[str, LabelConfig]) -> dict:
     for layer in layers:
         for name, cfg in rows.items():
             t0 = time.perf_counter()
-            pred = synthesize_labels(layer.image, cfg)
+            pred = synthesize_labels(layer.image, cfg, layer.bed)
             times[name].append((time.perf_counter() - t0) * 1e3)
             per_layer[name].append({"id": layer.layer_id, **instance_counts(pred, layer.truth)})
             for kind, mask in layer.instances:

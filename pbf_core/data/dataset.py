@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pbf_core.data.imaging import read_layer, read_mask, read_raw_labels
+from pbf_core.data.imaging import box_mask, read_layer, read_mask, read_raw_labels
 from pbf_core.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class LayerEntry(BaseModel):
     types: str | None = None
     height: int
     width: int
+    #: The powder bed (row start, row stop, column start, column stop), found on the views as
+    #: stored (:func:`~pbf_core.data.imaging.bed_box`); None in datasets prepared before it.
+    bed: tuple[int, int, int, int] | None = None
 
 
 class Manifest(BaseModel):
@@ -94,6 +97,7 @@ class Sample:
     weak: np.ndarray  # (H, W) bool
     truth: np.ndarray | None  # (H, W) bool
     types: np.ndarray | None  # (H, W) uint8 codes
+    bed: np.ndarray | None = None  # (H, W) bool powder bed, when the manifest has it
 
 
 def load_sample(root: str | Path, entry: LayerEntry) -> Sample:
@@ -105,6 +109,7 @@ def load_sample(root: str | Path, entry: LayerEntry) -> Sample:
         weak=read_mask(root / entry.weak),
         truth=read_mask(root / entry.truth) if entry.truth else None,
         types=read_raw_labels(root / entry.types) if entry.types else None,
+        bed=box_mask((entry.height, entry.width), entry.bed) if entry.bed else None,
     )
 
 

@@ -36,7 +36,6 @@ import cv2
 import numpy as np
 
 from pbf_core.config import BackgroundLabelConfig, LabelConfig, ThresholdLabelConfig
-from pbf_core.data.imaging import bed_mask
 
 #: MAD → standard deviation of a normal distribution.
 _MAD_TO_SIGMA = 1.4826
@@ -285,13 +284,17 @@ METHODS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {
 }
 
 
-def synthesize_labels(image: np.ndarray, cfg: LabelConfig) -> np.ndarray:
+def synthesize_labels(
+    image: np.ndarray, cfg: LabelConfig, bed: np.ndarray | None = None
+) -> np.ndarray:
     """Weak label of one layer with the method ``cfg.method`` and its parameters.
 
     Args:
         image: ``(C, H, W)`` float in [0, 1] (C = 3 for a/b/c triplets, 1 for single images).
-        cfg: method name and per-method parameters; ``bed_only`` drops what lies outside the
-            powder bed (:func:`~pbf_core.data.imaging.bed_mask`).
+        cfg: method name and per-method parameters; with ``bed_only`` the label keeps to ``bed``.
+        bed: ``(H, W)`` bool powder bed, :func:`~pbf_core.data.imaging.bed_mask` of the views as
+            stored (before the stretch: its offset would distort the texture edge); None: the
+            whole picture.
 
     Returns:
         ``(H, W)`` bool weak label.
@@ -306,4 +309,4 @@ def synthesize_labels(image: np.ndarray, cfg: LabelConfig) -> np.ndarray:
             f"unknown label method {cfg.method!r}; valid: {', '.join(METHODS)}"
         ) from None
     mask = method(image, getattr(cfg, cfg.method))
-    return mask & bed_mask(image) if cfg.bed_only else mask
+    return mask & bed if cfg.bed_only and bed is not None else mask

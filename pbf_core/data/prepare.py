@@ -27,7 +27,7 @@ from pathlib import Path
 from pbf_core.config import PrepareConfig
 from pbf_core.data.dataset import LayerEntry, Manifest, PreparedDataset, data_digest
 from pbf_core.data.filtering import FrameRejected, load_layer_set
-from pbf_core.data.imaging import write_mask, write_png16, write_raw_png
+from pbf_core.data.imaging import bed_box, box_mask, write_mask, write_png16, write_raw_png
 from pbf_core.data.ingest import discover
 from pbf_core.data.labels import METHODS, synthesize_labels
 from pbf_core.data.layers import LayerRecord, RawSource
@@ -62,7 +62,9 @@ def prepare_layer(record: LayerRecord, out: Path, cfg: PrepareConfig) -> LayerOu
     except FrameRejected as exc:
         return LayerOutcome(record.layer_id, code=exc.code, reason=exc.reason)
     lid = layer.layer_id
-    weak = synthesize_labels(layer.image, cfg.labels)
+    box = bed_box(layer.raw)
+    bed = box_mask(layer.image.shape[1:], box)
+    weak = synthesize_labels(layer.image, cfg.labels, bed)
     write_png16(out / "images" / f"{lid}.png", layer.image)
     write_mask(out / "weak" / f"{lid}.png", weak)
     truth_rel = types_rel = None
@@ -72,7 +74,9 @@ def prepare_layer(record: LayerRecord, out: Path, cfg: PrepareConfig) -> LayerOu
         write_mask(out / truth_rel, layer.truth)
         quality = {}
         for method in METHODS:
-            pred = weak if method == cfg.labels.method else _labels_by(method, layer.image, cfg)
+            pred = (
+                weak if method == cfg.labels.method else _labels_by(method, layer.image, bed, cfg)
+            )
             quality[method] = instance_counts(pred, layer.truth)
     if layer.types is not None:
         types_rel = f"types/{lid}.png"
@@ -86,12 +90,13 @@ def prepare_layer(record: LayerRecord, out: Path, cfg: PrepareConfig) -> LayerOu
         types=types_rel,
         height=h,
         width=w,
+        bed=box,
     )
     return LayerOutcome(lid, entry=entry, quality=quality)
 
 
-def _labels_by(method: str, image, cfg: PrepareConfig):
-    return synthesize_labels(image, cfg.labels.model_copy(update={"method": method}))
+def _labels_by(method: str, image, bed, cfg: PrepareConfig):
+    return synthesize_labels(image, cfg.labels.model_copy(update={"method": method}), bed)
 
 
 def summarize(

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from pbf_core.config import BackgroundLabelConfig, LabelConfig, ThresholdLabelConfig
+from pbf_core.data.imaging import bed_mask
 from pbf_core.data.labels import METHODS, background_labels, synthesize_labels, threshold_labels
 from pbf_core.evaluation.metrics import QUALITY_COUNTS, instance_counts, instance_metrics
 
@@ -66,9 +67,11 @@ def test_labels_keep_to_the_powder_bed(method: str) -> None:
     cfg = LabelConfig(method=method, bed_only=False)
     if method != "threshold":
         cfg = cfg.model_copy(update={method: type(getattr(cfg, method))(reference_size=None)})
-    everywhere = synthesize_labels(image, cfg)
-    kept = synthesize_labels(image, cfg.model_copy(update={"bed_only": True}))
+    everywhere = synthesize_labels(image, cfg, bed_mask(image))
+    kept = synthesize_labels(image, cfg.model_copy(update={"bed_only": True}), bed_mask(image))
     assert everywhere[frame].sum() >= 3 * 25 and kept[square(120, 140, 5)].all()
+    unknown = synthesize_labels(image, cfg.model_copy(update={"bed_only": True}))
+    np.testing.assert_array_equal(unknown, everywhere)  # no bed given: the whole picture
     assert not kept[frame].any()
     inner = square(48, 48, 160)  # the bed's edge is found within two 8 px blocks
     np.testing.assert_array_equal(kept[inner], everywhere[inner])

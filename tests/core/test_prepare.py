@@ -32,6 +32,7 @@ def test_prepared_layout_and_report(synthetic_build, prepared_synthetic):
     sample = load_sample(prepared_synthetic, manifest.layers[0])
     assert sample.image.shape == (3, 96, 96) and sample.image.dtype == np.float32
     assert sample.truth is not None and sample.types is not None
+    assert manifest.layers[0].bed == (0, 96, 0, 96) and sample.bed.all()  # no frame: all bed
     assert ((sample.types > 0) == sample.truth).all()
     quality = report["label_quality"]
     assert set(quality) == {"threshold", "background", "adaptive"}
@@ -97,3 +98,13 @@ def test_am04_real_data_has_truth_and_quality(am04, tmp_path):
     assert report["format"] == "am04"
     assert report["counts"]["kept"] == 54 and report["counts"]["with_truth"] == 54
     assert report["label_quality"]["background"]["layers"] == 54
+    # the bed is found on the stored pictures: the machinery above and below it is left out
+    # (64-160 rows each), the annotated defects all lie inside it
+    manifest = load_manifest(tmp_path / "am04")
+    boxes = np.array([e.bed for e in manifest.layers])
+    heights = np.array([e.height for e in manifest.layers])
+    assert (boxes[:, 0] >= 64).all() and (heights - boxes[:, 1] >= 64).all()
+    for entry in manifest.layers[:: len(manifest.layers) // 6]:
+        sample = load_sample(tmp_path / "am04", entry)
+        assert sample.bed is not None and not (sample.truth & ~sample.bed).any()
+        assert not (sample.weak & ~sample.bed).any()
