@@ -4,6 +4,7 @@ Layout (written by :func:`pbf_core.data.prepare.prepare_dataset` or the pipeline
 
     OUT/
       manifest.json        Manifest: source, format, channel views, one entry per kept layer
+                           (files, size, powder-bed box)
       report.json          kept/dropped counts with reasons, label quality per method
       images/<id>.png      16-bit PNG, normalised to full range; grey (1 view) or RGB = views a, b, c
       weak/<id>.png        weak label, 8-bit 0/255
