@@ -63,6 +63,13 @@ def _type_instances(types: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def _layer(lid: str, raw: np.ndarray, stretch: str, truth=None, instances=()) -> Layer:
+    """A layer from its ``(C, H, W)`` views as stored: each stretched, the bed found on them."""
+    image = np.stack([imaging.normalize(v, stretch) for v in raw])
+    truth = np.zeros(raw.shape[1:], dtype=bool) if truth is None else truth
+    return Layer(lid, image, truth, list(instances), imaging.bed_mask(raw))
+
+
 def synthetic_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
     """Layers of a synthetic build, noise frames skipped, each view normalised by ``stretch``."""
     manifest = json.loads((root / "manifest.json").read_text())
@@ -73,10 +80,9 @@ def synthetic_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]
         raw = np.stack(
             [imaging.read_image(root / "images" / f"{lid}{v}.PNG") for v in TRIPLET_VIEWS]
         )
-        image = np.stack([imaging.normalize(v, stretch) for v in raw])
         types = imaging.read_raw_labels(root / "types" / f"{lid}.png")
         truth = imaging.read_mask(root / "truth" / f"{lid}.png")
-        yield Layer(lid, image, truth, _type_instances(types), imaging.bed_mask(raw))
+        yield _layer(lid, raw, stretch, truth, _type_instances(types))
 
 
 def am04_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
@@ -94,12 +100,10 @@ def am04_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:
             instances.append((kind, mask))
             if kind != "spattering":
                 truth |= mask
-        image = imaging.normalize(gray, stretch)[None]
-        yield Layer(img.stem, image, truth, instances, imaging.bed_mask(gray))
+        yield _layer(img.stem, gray[None], stretch, truth, instances)
     for img in sorted((data / "NoDefects").glob("*.jpg")):
         gray = imaging.to_gray(imaging.read_image(img))
-        empty, bed = np.zeros(gray.shape, dtype=bool), imaging.bed_mask(gray)
-        yield Layer(f"NoDefects/{img.stem}", imaging.normalize(gray, stretch)[None], empty, [], bed)
+        yield _layer(f"NoDefects/{img.stem}", gray[None], stretch)
 
 
 def labellers(cfg: LabelConfig) -> dict[str, LabelConfig]:

@@ -301,9 +301,9 @@ def bed_box(image: np.ndarray) -> tuple[int, int, int, int]:
     """
     views = image if image.ndim == 3 else image[None]
     regions = [bed_region(v) for v in views]
-    rows = max(r.start for r, _ in regions), min(r.stop for r, _ in regions)
-    cols = max(c.start for _, c in regions), min(c.stop for _, c in regions)
-    return rows[0], max(rows), cols[0], max(cols)
+    top, left = max(r.start for r, _ in regions), max(c.start for _, c in regions)
+    bottom, right = min(r.stop for r, _ in regions), min(c.stop for _, c in regions)
+    return top, max(top, bottom), left, max(left, right)  # views that disagree: an empty box
 
 
 def box_mask(shape: tuple[int, int], box: Sequence[int]) -> np.ndarray:
