@@ -97,17 +97,37 @@ def test_camera_effects_do_what_they_say():
     assert dark.mean() < views.mean()
 
 
-def test_frame_covers_the_border_but_never_a_defect_pixel():
+def test_frame_covers_the_whole_border_and_refuses_a_defect_under_it():
     rng = np.random.default_rng(1)
     expected = np.full((3, 64, 64), 20_000, np.float32)
     types = np.zeros((64, 64), np.uint8)
-    types[0:3, 0:3] = 1  # a defect in the corner the frame covers
     out = scene_effects(rng, expected, types, Look(frame=0.1))
     border = np.ones((64, 64), bool)
     border[6:58, 6:58] = False
-    assert np.all(out[:, types > 0] == 20_000)
-    assert np.any(out[:, border & (types == 0)] != 20_000)
-    assert np.all(out[:, 10:54, 10:54] == 20_000)
+    assert np.all(out[:, border] != 20_000)
+    assert np.all(out[:, 6:58, 6:58] == 20_000)
+    types[0:3, 0:3] = 1  # a defect where the frame goes
+    with pytest.raises(ValueError, match="machine frame"):
+        scene_effects(rng, expected, types, Look(frame=0.1))
+
+
+def test_a_frame_hides_the_defects_under_it_from_the_masks_and_records():
+    spec = {"layers": 12, "size": 128, "seed": 3, "defects_per_layer": 12, "volume_defects": 40}
+    hidden = 0
+    for z in range(12):
+        classic = render_layer(SynthConfig(**spec), z)
+        framed = render_layer(SynthConfig(**spec, style="am04"), z)
+        width = framed.look.frame_px(128)
+        bed = np.zeros((128, 128), bool)
+        bed[width:-width, width:-width] = True
+        hidden += int(classic.truth[~bed].sum())
+        assert np.array_equal(framed.truth, classic.truth & bed)  # the same defects, clipped
+        assert np.array_equal(framed.types, np.where(bed, classic.types, 0))
+        assert sum(d.area for d in framed.defects) == int(framed.truth.sum())
+        for d in framed.defects:
+            x0, y0, x1, y1 = d.bbox
+            assert width <= min(x0, y0) and max(x1, y1) <= 128 - width
+    assert hidden > 0  # the checks above saw defects the frame hides
 
 
 def test_shadow_spots_darken_one_view_only():

@@ -21,9 +21,9 @@ from pbf_core.data.synthetic.styles import Look
 
 
 def _frame(rng: np.random.Generator, value: np.ndarray, types: np.ndarray, look: Look) -> None:
-    """A brushed-metal machine frame around the bed (in place; defect pixels keep their paint)."""
+    """A brushed-metal machine frame around the bed (in place; defects never reach it)."""
     _, n, _ = value.shape
-    width = max(2, round(look.frame * n))
+    width = look.frame_px(n)
     inside = np.zeros((n, n), bool)
     inside[width : n - width, width : n - width] = True
     level = look.powder_level * float(rng.uniform(0.35, 1.6))
@@ -34,8 +34,9 @@ def _frame(rng: np.random.Generator, value: np.ndarray, types: np.ndarray, look:
         if inside[y, x]:
             y = width // 2 if k % 2 else n - 1 - width // 2
         cv2.circle(metal, (x, y), max(1, width // 4), float(min(level * 2.2, 60_000)), -1)
-    cover = ~inside & (types == 0)
-    value[:, cover] = metal[cover]
+    if types[~inside].any():
+        raise ValueError("a defect was painted on the machine frame")
+    value[:, ~inside] = metal[~inside]
 
 
 def _streaks(rng: np.random.Generator, value: np.ndarray, look: Look) -> None:

@@ -174,10 +174,22 @@ def _light_defect(
         sub[:, own] += (target - sub[:, own]) * alpha[None, :]
 
 
+def _on_bed(window: tuple[slice, slice], shape: tuple[int, int], frame: int) -> np.ndarray:
+    """``(h, w)`` bool: which pixels of ``window`` lie on the bed inside a ``frame``-px frame."""
+    (rows, cols), (h, w) = window, shape
+    ys, xs = np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop)
+    return ((ys >= frame) & (ys < h - frame))[:, None] & ((xs >= frame) & (xs < w - frame))[None]
+
+
 def _describe_defect(
-    kind: str, window: tuple[slice, slice], own: np.ndarray, area: int, part: np.ndarray
-) -> Defect:
-    """The :class:`Defect` record of the ``own`` pixels of ``window``; ``part`` is ``(H, W)`` bool."""
+    kind: str, window: tuple[slice, slice], own: np.ndarray, part: np.ndarray, frame: int = 0
+) -> Defect | None:
+    """The :class:`Defect` record of the ``own`` pixels of ``window`` that a machine frame
+    ``frame`` px wide does not hide (None when it hides them all); ``part`` is ``(H, W)`` bool."""
+    if frame:
+        own = own & _on_bed(window, part.shape, frame)
+    if not own.any():
+        return None
     rows, cols = window
     ys, xs = np.nonzero(own)
     bbox = (
@@ -187,7 +199,17 @@ def _describe_defect(
         int(ys.max()) + rows.start + 1,
     )
     on_part = bool(part[window][own].mean() >= 0.5)
-    return Defect(kind, bbox, area, on_part)
+    return Defect(kind, bbox, int(own.sum()), on_part)
+
+
+def clear_frame(types: np.ndarray, look: Look) -> np.ndarray:
+    """``types`` with the pixels under ``look``'s machine frame set to 0 (in place)."""
+    frame = look.frame_px(types.shape[0])
+    if frame:
+        inside = types[frame:-frame, frame:-frame].copy()
+        types[:] = 0
+        types[frame:-frame, frame:-frame] = inside
+    return types
 
 
 def _paint_defects(
@@ -207,7 +229,9 @@ def _paint_defects(
 
     Returns:
         ``(truth, types, defects)``: ``(H, W)`` bool defect pixels, ``(H, W)`` uint8 type codes
-        (0 = none) and the painted instances.
+        (0 = none) and the painted instances. A look with a machine frame paints and claims as
+        the classic one does (same draws, same defects); the records leave out what the frame
+        hides, and :func:`clear_frame` takes it out of the masks once all painting is done.
     """
     n = cfg.size
     types = np.zeros((n, n), dtype=np.uint8)
@@ -231,6 +255,8 @@ def _paint_defects(
         if area == 0 or area > _MAX_DEFECT_FRACTION * n * n:
             continue
         _light_defect(rng, kind, value[:, window[0], window[1]], own, area, look)
-        types[window][own] = defect_code(kind)
-        defects.append(_describe_defect(kind, window, own, area, part))
+        types[window][own] = defect_code(kind)  # the frame's share too, so claims stay classic
+        record = _describe_defect(kind, window, own, part, look.frame_px(n))
+        if record is not None:
+            defects.append(record)
     return types > 0, types, tuple(defects)

@@ -11,7 +11,7 @@ import numpy as np
 from pbf_core.config import SynthConfig
 from pbf_core.data.layers import TRIPLET_VIEWS
 from pbf_core.data.synthetic.camera import camera_effects, scene_effects
-from pbf_core.data.synthetic.defects import _paint_defects
+from pbf_core.data.synthetic.defects import _paint_defects, clear_frame
 from pbf_core.data.synthetic.fields import (
     _STREAM_EFFECTS,
     _STREAM_LAYER,
@@ -201,10 +201,10 @@ def render_layer(
     rng = _rng(cfg, _STREAM_LAYER, z, variant)
     look = draw_look(cfg, z, variant, ranges)
     expected, part, angle = _layer_expected(cfg, z, rng, plan_parts(cfg), look)
-    truth, types, defects = _paint_defects(rng, cfg, expected, part, look)
+    _, types, defects = _paint_defects(rng, cfg, expected, part, look)
     if cfg.volume_defects > 0:  # 3D defects draw from a stream of their own
         defects += tuple(paint_volumes(cfg, z, variant, expected, types, part, look))
-        truth = types > 0
+    truth = clear_frame(types, look) > 0  # a machine frame hides what was painted under it
     if not look.effects:
         views = _sensor(rng, expected, look)
     else:  # the extra effects draw from a stream of their own: the classic draws stay the same

@@ -65,6 +65,10 @@ class Look:
         """Lighting azimuths of views a, b, c (degrees)."""
         return tuple((self.light_azimuth + k * 120.0) % 360.0 for k in range(3))
 
+    def frame_px(self, n: int) -> int:
+        """Width in pixels of the machine frame on an ``n``-pixel side (0 without a frame)."""
+        return max(2, round(self.frame * n)) if self.frame else 0
+
     @property
     def effects(self) -> bool:
         """Whether anything beyond the classic rendering applies (extra passes, extra draws)."""

@@ -87,6 +87,7 @@ def paint_volumes(
             continue
         _light_defect(rng, "hole", value[:, window[0], window[1]], own, area, look)
         types[window][own] = defect_code("hole")
-        d = _describe_defect("hole", window, own, area, part)
-        out.append(Defect(d.type, d.bbox, d.area, d.on_part, volume=v.id))
+        d = _describe_defect("hole", window, own, part, look.frame_px(types.shape[0]))
+        if d is not None:
+            out.append(Defect(d.type, d.bbox, d.area, d.on_part, volume=v.id))
     return out
