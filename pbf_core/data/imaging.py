@@ -215,6 +215,10 @@ def _stretch_limits(
 BED_SEARCH, BED_BLOCK, BED_STEP, BED_TEXTURE = 0.25, 8, 0.2, 2.0
 #: Blocks either side of an edge that must differ as a whole (:func:`_inner_edge`).
 BED_NEAR = 5
+#: Smaller images are taken whole: parts and defects fill too much of their border band.
+BED_MIN_SIDE = 256
+#: Block side (px) on which :func:`_refine_cut` places an edge found on ``BED_BLOCK`` blocks.
+BED_FINE = 2
 
 
 def _inner_edge(profile: np.ndarray, step: float) -> int:
@@ -238,7 +242,7 @@ def _inner_edge(profile: np.ndarray, step: float) -> int:
     return 0
 
 
-def _block_profiles(x: np.ndarray) -> tuple[np.ndarray, ...]:
+def _block_profiles(x: np.ndarray, b: int = BED_BLOCK) -> tuple[np.ndarray, ...]:
     """Row and column profiles of ``BED_BLOCK`` blocks: level (over the interior's) and texture.
 
     Each profile is the median over the central half of the other axis, so parts and defects,
@@ -246,7 +250,6 @@ def _block_profiles(x: np.ndarray) -> tuple[np.ndarray, ...]:
     deviation over its mean: a change of gain or vignetting leaves it alone.
     """
     h, w = x.shape
-    b = BED_BLOCK
     x = np.asarray(x, np.float64)  # the variance below is a difference of large squares
     blocks = cv2.resize(x, (w // b, h // b), interpolation=cv2.INTER_AREA)
     squares = cv2.resize(x * x, (w // b, h // b), interpolation=cv2.INTER_AREA)
@@ -263,9 +266,31 @@ def _block_profiles(x: np.ndarray) -> tuple[np.ndarray, ...]:
     )
 
 
-def _border_cut(level: np.ndarray, texture: np.ndarray) -> int:
-    """Blocks to cut from the start of a profile: the innermost level or texture edge."""
-    return max(_inner_edge(level, BED_STEP), _inner_edge(texture, float(np.log(BED_TEXTURE))))
+def _border_cut(
+    level: np.ndarray, texture: np.ndarray, fine_level: np.ndarray, fine_texture: np.ndarray
+) -> int:
+    """Pixels to cut from the start of a profile: the innermost level or texture edge."""
+    blocks = max(_inner_edge(level, BED_STEP), _inner_edge(texture, float(np.log(BED_TEXTURE))))
+    return _refine_cut(blocks * BED_BLOCK, fine_level, fine_texture)
+
+
+def _refine_cut(cut: int, level: np.ndarray, texture: np.ndarray) -> int:
+    """``cut`` (px) moved out to just past the last ``BED_FINE`` block in the two
+    ``BED_BLOCK`` blocks before it that still differs from the bed inside it.
+
+    The edge search steps over two blocks, so ``cut`` may lie up to two blocks inside the bed;
+    this gives them back (it never cuts more). ``level`` and ``texture`` are fine profiles.
+    """
+    if cut == 0:
+        return 0
+    f = BED_FINE
+    start, stop = max(0, cut - 2 * BED_BLOCK) // f, cut // f
+    inside = slice(stop, stop + BED_NEAR * BED_BLOCK // f)
+    differs = (np.abs(level[start:stop] - np.median(level[inside])) > BED_STEP) | (
+        np.abs(texture[start:stop] - np.median(texture[inside])) > np.log(BED_TEXTURE)
+    )
+    last = np.flatnonzero(differs)
+    return (start + int(last[-1]) + 1) * f if last.size else start * f
 
 
 def bed_region(x: np.ndarray) -> tuple[slice, slice]:
@@ -280,15 +305,15 @@ def bed_region(x: np.ndarray) -> tuple[slice, slice]:
     all of itself.
     """
     h, w = x.shape
-    b = BED_BLOCK
-    if min(h, w) < 16 * b:
+    if min(h, w) < BED_MIN_SIDE:
         return slice(0, h), slice(0, w)
-    row_level, row_texture, col_level, col_texture = _block_profiles(x)
-    top = _border_cut(row_level, row_texture)
-    bottom = _border_cut(row_level[::-1], row_texture[::-1])
-    left = _border_cut(col_level, col_texture)
-    right = _border_cut(col_level[::-1], col_texture[::-1])
-    return slice(top * b, h - bottom * b), slice(left * b, w - right * b)
+    rows_l, rows_t, cols_l, cols_t = _block_profiles(x)
+    fine = _block_profiles(x, BED_FINE)
+    top = _border_cut(rows_l, rows_t, fine[0], fine[1])
+    bottom = _border_cut(rows_l[::-1], rows_t[::-1], fine[0][::-1], fine[1][::-1])
+    left = _border_cut(cols_l, cols_t, fine[2], fine[3])
+    right = _border_cut(cols_l[::-1], cols_t[::-1], fine[2][::-1], fine[3][::-1])
+    return slice(top, h - bottom), slice(left, w - right)
 
 
 def bed_box(image: np.ndarray) -> tuple[int, int, int, int]:
