@@ -146,15 +146,22 @@ def _comparisons(baselines: dict, val_curve: list, test_probs: list, test: list)
     return comparisons
 
 
-def _inside_bed(probs: list, samples: list, threshold: float) -> dict | None:
-    """Test scores at the same threshold with what the model marks outside each bed dropped."""
-    from pbf_core.evaluation.scores import score_masks
+def _bed_rule(seg, probs: list, samples: list, threshold: float) -> dict | None:
+    """Test scores at the same threshold over the whole picture and kept to each powder bed."""
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.evaluation.scores import predict_samples, score_masks
 
     if any(s.bed is None for s in samples):
         return None  # prepared before the manifest kept the bed
-    kept = [p * s.bed for p, s in zip(probs, samples, strict=True)]
-    scored = score_masks(kept, [s.truth for s in samples], threshold)
-    return {"threshold": threshold, "pixel": dict(scored.pixel), "instance": dict(scored.instance)}
+    if seg.spec.bed_only:  # what the model marks beyond the bed is 0 in probs: predict it again
+        whole = Segmenter(seg.predict, seg.spec.model_copy(update={"bed_only": False}))
+        probs = predict_samples(whole, samples)
+    kept = [np.where(s.bed, p, 0) for p, s in zip(probs, samples, strict=True)]
+    out = {}
+    for name, scored_probs in (("whole_picture", probs), ("inside_bed", kept)):
+        scored = score_masks(scored_probs, [s.truth for s in samples], threshold)
+        out[name] = {"pixel": dict(scored.pixel), "instance": dict(scored.instance)}
+    return {"threshold": threshold, "spec_bed_only": seg.spec.bed_only, **out}
 
 
 def main() -> int:
@@ -187,7 +194,7 @@ def main() -> int:
         "model_at_val_max_dice_threshold": evaluation.truth.to_dict(),
         "baselines": baselines,
         "at_baseline_false_positives": comparisons,
-        "model_inside_bed": _inside_bed(test_probs, test, evaluation.truth.threshold),
+        "model_bed_rule": _bed_rule(seg, test_probs, test, evaluation.truth.threshold),
         "test_instance_curve": test_curve,
         "config": cfg.model_dump(mode="json"),
     }
@@ -219,7 +226,7 @@ def _summary_lines(r: dict) -> list[str]:
         f"false positives/image {m['instance']['false_positives_per_image']:.2f}; AP "
         f"{m['average_precision']:.3f}.",
         "",
-        *_inside_lines(r.get("model_inside_bed")),
+        *_bed_lines(r.get("model_bed_rule")),
         "| operating point | threshold | instance recall | FP/image | pixel Dice | pixel recall |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -241,16 +248,22 @@ def _summary_lines(r: dict) -> list[str]:
     return lines
 
 
-def _inside_lines(b: dict | None) -> list[str]:
+def _bed_lines(b: dict | None) -> list[str]:
     if b is None:
         return []
-    return [
-        f"The same, with what it marks outside the powder bed dropped: pixel Dice "
-        f"{b['pixel']['dice']:.3f}, precision {b['pixel']['precision']:.3f}, recall "
-        f"{b['pixel']['recall']:.3f}; instance recall {b['instance']['instance_recall']:.3f}, "
-        f"false positives/image {b['instance']['false_positives_per_image']:.2f}.",
-        "",
-    ]
+    lines = [f"At the same threshold (the model's spec has bed_only={b['spec_bed_only']}):", ""]
+    words = {
+        "whole_picture": "over the whole picture",
+        "inside_bed": "with what it marks outside the powder bed dropped",
+    }
+    for name, text in words.items():
+        p, i = b[name]["pixel"], b[name]["instance"]
+        lines.append(
+            f"- {text}: pixel Dice {p['dice']:.3f}, precision {p['precision']:.3f}, recall "
+            f"{p['recall']:.3f}; instance recall {i['instance_recall']:.3f}, false "
+            f"positives/image {i['false_positives_per_image']:.2f}."
+        )
+    return [*lines, ""]
 
 
 def _type_lines(r: dict) -> list[str]:

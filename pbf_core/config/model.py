@@ -134,6 +134,12 @@ class TrainConfig(Frozen):
         description="clock of max_minutes: wall time, or this process's CPU time (benchmarks on "
         "a machine shared with other jobs)",
     )
+    bed_only: bool = Field(
+        True,
+        description="the model drops its predictions outside the powder bed (imaging.bed_box of "
+        "the stored views: a machine frame or machinery around the bed is never a defect); kept "
+        "in the model's spec, so every prediction path (evaluation, serving, scoring) does the same",
+    )
     tile_size: int = Field(256, ge=32, description="inference tile side (px, multiple of 32)")
     tile_overlap: int = Field(32, ge=0, description="overlap between inference tiles (px)")
     threshold_policy: Literal["max_dice", "target_recall"] = Field(

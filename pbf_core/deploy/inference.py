@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.inputs import keep_to_bed, prepare_input
 from pbf_core.deploy.overlays import Component, find_components
 from pbf_core.deploy.tiling import PredictFn, predict_tiled
 from pbf_core.model.spec import ModelSpec
@@ -150,19 +150,27 @@ class Segmenter:
         session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
         return cls(onnx_predictor(session), spec, batch_size)
 
-    def predict_proba(self, image: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
-        """``(H, W)`` float32 defect probabilities of a raw or prepared layer."""
+    def predict_proba(
+        self, image: np.ndarray | Mapping[str, np.ndarray], bed: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(H, W)`` float32 defect probabilities of a raw or prepared layer (0 outside the
+        powder bed for a ``bed_only`` model: ``bed``, else found on raw views, see
+        :func:`~pbf_core.deploy.inputs.keep_to_bed`)."""
         x = prepare_input(image, self.spec)
-        return predict_tiled(
+        prob = predict_tiled(
             self.predict, x, self.spec.tile_size, self.spec.tile_overlap, self.batch_size
         )
+        return keep_to_bed(prob, image, self.spec, bed)
 
     def segment(
-        self, image: np.ndarray | Mapping[str, np.ndarray], threshold: float | None = None
+        self,
+        image: np.ndarray | Mapping[str, np.ndarray],
+        threshold: float | None = None,
+        bed: np.ndarray | None = None,
     ) -> Segmentation:
         """Probabilities, mask (``prob >= threshold``, the spec's by default) and components."""
         th = self.spec.threshold if threshold is None else threshold
-        prob = self.predict_proba(image)
+        prob = self.predict_proba(image, bed)
         mask = prob >= th
         return Segmentation(prob, mask, find_components(mask, prob), th)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pbf_core.data.imaging import normalize, stack_layers, to_gray
+from pbf_core.data.imaging import bed_mask, normalize, stack_layers, to_gray
 from pbf_core.model.spec import ModelSpec
 
 
@@ -33,36 +33,69 @@ def prepare_input(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -
     Raises:
         ValueError: missing views, or a shape/channel count the model cannot take.
     """
+    stacked = stored_views(raw, spec)
+    if np.issubdtype(stacked.dtype, np.floating):
+        return np.clip(stacked, 0.0, 1.0).astype(np.float32, copy=False)
+    lo, hi = spec.percentiles
+    return np.stack([normalize(v, spec.normalization, lo, hi) for v in stacked], axis=0)
+
+
+def stored_views(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -> np.ndarray:
+    """``(C, H, W)`` views of a layer in ``spec.views`` order, as stored (float when ``raw`` is
+    already normalised); ``raw`` as in :func:`prepare_input`.
+
+    Raises:
+        ValueError: missing views, or a shape/channel count the model cannot take.
+    """
     c = spec.in_channels
     if isinstance(raw, Mapping):
         missing = [v for v in spec.views if v not in raw]
         if missing:
             raise ValueError(f"missing view(s) {', '.join(missing)}; the model needs {spec.views}")
-        stacked = stack_layers({v: raw[v] for v in spec.views}, layer_id="input")
-    else:
-        arr = np.asarray(raw)
-        if np.issubdtype(arr.dtype, np.floating):
-            if arr.ndim == 2 and c == 1:
-                arr = arr[None]
-            if arr.ndim != 3 or arr.shape[0] != c:
-                raise ValueError(f"normalised input must be ({c}, H, W), got shape {arr.shape}")
-            return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
-        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[0] != c and c == 3:
-            # an RGB file whose channels are the views, as prepared datasets store triplets
-            stacked = np.moveaxis(arr[:, :, :3], 2, 0)
-        elif arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[0] != c):
-            if c != 1:
-                raise ValueError(
-                    f"the model takes {c} views {spec.views}; pass them as a mapping, "
-                    f"({c}, H, W) or an RGB image of the views, got shape {arr.shape}"
-                )
-            stacked = to_gray(arr)[None]
-        elif arr.ndim == 3 and arr.shape[0] == c:
-            stacked = arr
-        else:
-            raise ValueError(f"cannot read input of shape {arr.shape} for {c} channel(s)")
-    lo, hi = spec.percentiles
-    return np.stack([normalize(v, spec.normalization, lo, hi) for v in stacked], axis=0)
+        return stack_layers({v: raw[v] for v in spec.views}, layer_id="input")
+    arr = np.asarray(raw)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.ndim == 2 and c == 1:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[0] != c:
+            raise ValueError(f"normalised input must be ({c}, H, W), got shape {arr.shape}")
+        return arr
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[0] != c and c == 3:
+        # an RGB file whose channels are the views, as prepared datasets store triplets
+        return np.moveaxis(arr[:, :, :3], 2, 0)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[0] != c):
+        if c != 1:
+            raise ValueError(
+                f"the model takes {c} views {spec.views}; pass them as a mapping, "
+                f"({c}, H, W) or an RGB image of the views, got shape {arr.shape}"
+            )
+        return to_gray(arr)[None]
+    if arr.ndim == 3 and arr.shape[0] == c:
+        return arr
+    raise ValueError(f"cannot read input of shape {arr.shape} for {c} channel(s)")
+
+
+def keep_to_bed(
+    prob: np.ndarray,
+    raw: np.ndarray | Mapping[str, np.ndarray],
+    spec: ModelSpec,
+    bed: np.ndarray | None = None,
+) -> np.ndarray:
+    """``prob`` with what lies outside the powder bed set to 0 when ``spec.bed_only``.
+
+    The bed is ``bed`` (``(H, W)`` bool) when given, else :func:`~pbf_core.data.imaging.bed_mask`
+    of ``raw``'s views as stored. An already normalised ``raw`` without ``bed`` keeps the whole
+    picture: the bed is found on the views before their stretch (see ``bed_box``), and a
+    prepared dataset keeps it in its manifest (``Sample.bed``).
+    """
+    if not spec.bed_only:
+        return prob
+    if bed is None:
+        views = stored_views(raw, spec)
+        if np.issubdtype(views.dtype, np.floating):
+            return prob
+        bed = bed_mask(views)
+    return np.where(bed, prob, np.float32(0)).astype(prob.dtype, copy=False)
 
 
 def group_layer_files(paths: list[Path], views: tuple[str, ...]) -> list[tuple[str, dict]]:

@@ -173,8 +173,9 @@ class Evaluation:
 
 
 def predict_samples(segmenter: Segmenter, samples: Sequence[Sample]) -> list[np.ndarray]:
-    """``(H, W)`` float32 probability map of each prepared layer."""
-    return [segmenter.predict_proba(s.image) for s in samples]
+    """``(H, W)`` float32 probability map of each prepared layer (kept to its bed, when the
+    model's spec says so and the manifest has it)."""
+    return [segmenter.predict_proba(s.image, s.bed) for s in samples]
 
 
 def score_masks(

@@ -25,6 +25,8 @@ class ModelSpec(BaseModel):
         views: input channels in order, e.g. ``("a", "b", "c")`` or ``("image",)``.
         normalization, percentiles: how raw layers are mapped to [0, 1] per view (as in
             :class:`pbf_core.config.PrepareConfig`).
+        bed_only: predictions outside the powder bed (a machine frame, parts of the machine
+            around it) are dropped (:func:`~pbf_core.deploy.inputs.keep_to_bed`).
         tile_size, tile_overlap: inference tiles (px) stitched back at native resolution.
         threshold: decision threshold on the defect probability.
         labels: what the model was trained on (``weak`` labels or ``truth`` masks).
@@ -46,6 +48,7 @@ class ModelSpec(BaseModel):
     views: tuple[str, ...] = ("a", "b", "c")
     normalization: Literal["percentile", "bed", "flatfield", "minmax"] = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
+    bed_only: bool = False  # (models trained before it predict over the whole picture)
     tile_size: int = Field(256, ge=32)
     tile_overlap: int = Field(32, ge=0)
     threshold: float = Field(0.5, gt=0, lt=1)

@@ -186,6 +186,7 @@ def model_spec(dataset: PreparedDataset, cfg: TrainConfig) -> ModelSpec:
         views=dataset.views,
         normalization=prep.normalization,
         percentiles=prep.percentiles,
+        bed_only=cfg.bed_only,
         tile_size=cfg.tile_size,
         tile_overlap=cfg.tile_overlap,
         labels=cfg.labels,

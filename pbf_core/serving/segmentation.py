@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.inputs import keep_to_bed, prepare_input
 from pbf_core.deploy.overlays import Component, find_components
 from pbf_core.deploy.tiling import predict_tiled
 from pbf_core.errors import LayerSetError
@@ -109,6 +109,7 @@ class LayerSegmenter:
         prob = predict_tiled(
             self._runner.infer, x, spec.tile_size, spec.tile_overlap, limits.tiles_per_inference
         )
+        prob = keep_to_bed(prob, raw, spec)
         mask = prob >= spec.threshold
         comps = find_components(mask, prob)
         result = LayerResult(x, prob, mask, comps, spec.threshold, mode, time.perf_counter() - t0)

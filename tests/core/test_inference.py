@@ -232,3 +232,39 @@ def test_group_layer_files():
     assert group_layer_files(files[:1], ("image",)) == [("B1a", {"": files[0]})]
     with pytest.raises(ValueError, match="missing view"):
         group_layer_files(files[:2], ("a", "b", "c"))
+
+
+def ones(batch: np.ndarray) -> np.ndarray:
+    """A 'model' that marks every pixel a defect."""
+    return np.ones((batch.shape[0], *batch.shape[2:]), np.float32)
+
+
+def _layer(style: str):
+    from pbf_core.config import SynthConfig
+    from pbf_core.data.synthetic import render_layer
+
+    return render_layer(SynthConfig(layers=1, size=256, seed=2, style=style), 0)
+
+
+def test_a_bed_only_model_marks_nothing_on_the_frame_around_the_bed():
+    layer = _layer("am04")  # a machine frame around the bed
+    views, frame = layer.views, layer.look.frame_px(256)
+    spec = ModelSpec(tile_size=64, tile_overlap=8, bed_only=True)
+    prob = Segmenter(ones, spec).predict_proba({"a": views[0], "b": views[1], "c": views[2]})
+    rows, cols = np.flatnonzero((prob > 0).any(1)), np.flatnonzero((prob > 0).any(0))
+    for cut in (rows[0], 255 - rows[-1], cols[0], 255 - cols[-1]):
+        assert frame - 1 <= cut <= frame + 8
+    assert prob[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].min() == 1.0  # a box, all kept
+    everywhere = Segmenter(ones, spec.model_copy(update={"bed_only": False})).predict_proba(views)
+    assert everywhere.min() == 1.0
+
+
+def test_a_bed_only_model_takes_a_prepared_layers_bed_and_keeps_a_frameless_layer_whole():
+    spec = ModelSpec(tile_size=64, tile_overlap=8, bed_only=True)
+    seg = Segmenter(ones, spec)
+    prepared = np.random.default_rng(0).random((3, 96, 96)).astype(np.float32)
+    assert seg.predict_proba(prepared).min() == 1.0  # no bed to go by: the whole picture
+    bed = np.zeros((96, 96), bool)
+    bed[10:80, 20:90] = True
+    assert np.array_equal(seg.segment(prepared, bed=bed).mask, bed)
+    assert seg.predict_proba(_layer("classic").views).min() == 1.0
