@@ -150,6 +150,33 @@ def full_scale(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max)
 
 
+def repair_stuck_pixels(arr: np.ndarray) -> np.ndarray:
+    """``arr`` with isolated pixels stuck at 0 or at full scale replaced by their 3×3 median.
+
+    Hot and dead pixels, and salt-and-pepper noise, are lone pixels at the ends of the range;
+    left alone they decide the stretch's percentiles and look like tiny defects. A pixel at an
+    end with another at the same end beside it (a saturated spatter, a dark corner) is kept.
+    ``arr`` is an ``(H, W)`` or ``(C, H, W)`` uint8/uint16 image; other dtypes and images
+    without such pixels come back as they are (the same object).
+    """
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
+        return arr
+    if arr.ndim == 3:
+        views = [repair_stuck_pixels(v) for v in arr]
+        return arr if all(v is a for v, a in zip(views, arr, strict=True)) else np.stack(views)
+    top = np.iinfo(arr.dtype).max
+    out = arr
+    for end in (0, top):
+        at_end = (arr == end).astype(np.uint8)
+        if not at_end.any():
+            continue
+        lone = (at_end == 1) & (cv2.boxFilter(at_end, -1, (3, 3), normalize=False) == 1)
+        if lone.any():
+            out = out.copy() if out is arr else out
+            out[lone] = cv2.medianBlur(arr, 3)[lone]
+    return out
+
+
 def normalize(
     arr: np.ndarray,
     method: Literal["percentile", "bed", "flatfield", "minmax", "fullscale"] = "percentile",
@@ -171,7 +198,9 @@ def normalize(
 
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
+        Lone stuck pixels of an integer image are repaired first (:func:`repair_stuck_pixels`).
     """
+    arr = repair_stuck_pixels(arr)
     x = arr.astype(np.float32)
     if method == "fullscale":
         scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0

@@ -18,6 +18,7 @@ from pbf_core.data.imaging import (
     read_image,
     read_layer,
     read_mask,
+    repair_stuck_pixels,
     stack_layers,
     to_gray,
     write_mask,
@@ -133,7 +134,7 @@ def test_integer_percentiles_equal_numpy(dtype):
         q = (float(rng.uniform(0, 5)), 50.0, float(rng.uniform(95, 100)))
         expected = np.percentile(arr.astype(np.float32), q)
         assert integer_percentiles(arr, q) == tuple(float(v) for v in expected)
-        fixed = arr.astype(np.float32)
+        fixed = repair_stuck_pixels(arr).astype(np.float32)  # normalize repairs them first
         lo, hi = np.percentile(fixed, [q[0], q[2]])
         if hi - lo > 1e-6:  # the histogram path gives the float path's exact output
             ref = np.clip((fixed - np.float32(lo)) / np.float32(hi - lo), 0, 1)
@@ -322,3 +323,41 @@ def test_decode_image_names_the_upload(tmp_path):
     with pytest.raises(ImageReadError, match=r"^up\.jpg: not a recognised"):
         decode_image(b"GIF89a-not-really", "up.jpg")
 
+
+def _salted(p: float, dtype=np.uint16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A powder-like view, the same with a share ``p`` of its pixels stuck, and where."""
+    rng = np.random.default_rng(4)
+    top = np.iinfo(dtype).max
+    clean = np.clip(0.3 * top + 0.01 * top * rng.standard_normal((300, 400)), 1, top - 1)
+    clean = clean.astype(dtype)
+    hit = rng.random(clean.shape) < p
+    salted = clean.copy()
+    salted[hit] = np.where(rng.random(int(hit.sum())) < 0.5, 0, top)
+    return clean, salted, hit
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_lone_stuck_pixels_are_repaired_and_nothing_else_moves(dtype):
+    clean, salted, hit = _salted(0.01, dtype)
+    repaired = repair_stuck_pixels(salted)
+    top = np.iinfo(dtype).max
+    assert ((repaired == 0) | (repaired == top)).sum() < 0.1 * hit.sum()  # pairs may stay
+    assert np.array_equal(repaired[~hit], salted[~hit])
+    assert np.abs(repaired[hit].astype(float) - clean[hit]).mean() < 0.05 * top
+    assert repair_stuck_pixels(clean) is clean
+    # the stretch no longer follows the stuck pixels: salted ≈ clean after normalising
+    stretched = normalize(salted)[~hit]
+    assert np.abs(stretched - normalize(clean)[~hit]).mean() < 0.01
+    assert np.abs(normalize(salted.astype(np.float32))[~hit] - normalize(clean)[~hit]).mean() > 0.1
+
+
+def test_stuck_pixels_with_a_neighbour_at_the_same_end_are_kept():
+    clean, _, _ = _salted(0.0)
+    view = clean.copy()
+    view[10:12, 10:12] = 65535  # a saturated spatter of 2 x 2 px
+    view[50:, :3] = 0  # a dark strip
+    view[100, 100], view[200, 300] = 65535, 0  # a hot and a dead pixel
+    repaired = repair_stuck_pixels(np.stack([view, clean]))
+    assert (repaired[0, 10:12, 10:12] == 65535).all() and (repaired[0, 50:, :3] == 0).all()
+    assert 0 < repaired[0, 100, 100] < 65535 and 0 < repaired[0, 200, 300] < 65535
+    assert np.array_equal(repaired[1], clean)
