@@ -329,7 +329,8 @@ def bed_region(x: np.ndarray) -> tuple[slice, slice]:
     whose brightness steps away from the interior's by more than ``BED_STEP`` of its level, or
     whose texture (brushed or machined metal against powder grain) changes by more than a
     factor ``BED_TEXTURE``; the innermost such edge within ``BED_SEARCH`` of each border is cut
-    off (:func:`_block_profiles`). Vignetting and light gradients change the level by far less
+    off (:func:`_block_profiles`), placed to ``BED_FINE`` px (:func:`_refine_cut`). Images
+    under ``BED_MIN_SIDE`` are taken whole. Vignetting and light gradients change the level by far less
     than that per block and the texture not at all, so an image without a frame keeps (nearly)
     all of itself.
     """
