@@ -319,7 +319,7 @@ def _refine_cut(cut: int, level: np.ndarray, texture: np.ndarray) -> int:
         np.abs(texture[start:stop] - np.median(texture[inside])) > np.log(BED_TEXTURE)
     )
     last = np.flatnonzero(differs)
-    return (start + int(last[-1]) + 1) * f if last.size else start * f
+    return (start + int(last[-1]) + 1) * f if last.size else cut  # no sign of it: keep the cut
 
 
 def bed_region(x: np.ndarray) -> tuple[slice, slice]:
