@@ -26,9 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 PBF = shutil.which("pbf", path=str(Path(sys.executable).parent)) or "pbf"
 
 
-def pbf(*args: str) -> str:
+def pbf(*args: str, ok: tuple[int, ...] = (0,)) -> str:
     out = subprocess.run([PBF, *args], capture_output=True, text=True, timeout=900, check=False)
-    assert out.returncode == 0, f"pbf {args[0]} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode in ok, (
+        f"pbf {args[0]} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    )
     return out.stdout
 
 
@@ -69,8 +71,11 @@ def chain(config, raw, tmp_path_factory) -> Path:
     pbf("prepare", str(raw), str(work / "data"), "--config", str(config))
     pbf("train", str(work / "data"), "--out", str(work / "model"), "--config", str(config))
     model = str(work / "model" / "model.safetensors")
+    # exit 1: both variants written, the parity gate failed (the tiny model means nothing, and
+    # one instance of its 2 test layers decides); the flow logs the same verdict and goes on,
+    # and the test below compares the verdicts of both doors
     pbf("quantize", model, "--calib", str(work / "data"), "--out", str(work / "onnx"),
-        "--config", str(config))  # fmt: skip
+        "--config", str(config), ok=(0, 1))  # fmt: skip
     return work
 
 
