@@ -113,3 +113,35 @@ def test_inputs_that_do_not_fit_the_model(segmenter, tmp_path, images, field, ki
         segmenter.segment(_upload(tmp_path, **images))
     err = caught.value
     assert (err.status, err.field, err.kind) == (422, field, kind) and words in err.reason
+
+
+class MarkEverything(FakeRunner):
+    """Marks every pixel a defect; its spec keeps to the powder bed or not."""
+
+    def __init__(self, bed_only: bool) -> None:
+        super().__init__()
+        self.spec = tiny_spec().model_copy(update={"bed_only": bed_only})
+
+    def describe(self) -> dict:
+        return {"ready": True, "spec": self.spec.model_dump(mode="json"), "info": INFO}
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        return np.full((tiles.shape[0], *tiles.shape[2:]), 0.99, np.float32)
+
+
+@pytest.mark.parametrize("bed_only", [True, False])
+def test_a_bed_only_model_marks_nothing_on_the_machine_frame(tmp_path, bed_only):
+    from pbf_core.config import SynthConfig
+    from pbf_core.data.synthetic import render_layer
+
+    framed = render_layer(SynthConfig(layers=1, size=256, seed=2, style="am04"), 0)
+    frame = framed.look.frame_px(256)
+    layers = LayerSegmenter(MarkEverything(bed_only), ServeSettings(max_pixels=300_000))
+    uploads = _upload(tmp_path, **dict(zip("abc", framed.views, strict=True)))
+    result, _ = layers.segment(uploads)
+    rows, cols = np.flatnonzero(result.mask.any(1)), np.flatnonzero(result.mask.any(0))
+    cuts = (rows[0], 255 - rows[-1], cols[0], 255 - cols[-1])
+    if bed_only:
+        assert all(frame - 1 <= cut <= frame + 8 for cut in cuts)
+    else:
+        assert result.mask.all()
