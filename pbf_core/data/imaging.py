@@ -330,9 +330,9 @@ def bed_region(x: np.ndarray) -> tuple[slice, slice]:
     whose texture (brushed or machined metal against powder grain) changes by more than a
     factor ``BED_TEXTURE``; the innermost such edge within ``BED_SEARCH`` of each border is cut
     off (:func:`_block_profiles`), placed to ``BED_FINE`` px (:func:`_refine_cut`). Images
-    under ``BED_MIN_SIDE`` are taken whole. Vignetting and light gradients change the level by far less
-    than that per block and the texture not at all, so an image without a frame keeps (nearly)
-    all of itself.
+    under ``BED_MIN_SIDE`` are taken whole. Vignetting and light gradients change the level by
+    far less than that per block and the texture not at all, so an image without a frame keeps
+    (nearly) all of itself.
     """
     h, w = x.shape
     if min(h, w) < BED_MIN_SIDE:
