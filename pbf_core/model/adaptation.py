@@ -237,12 +237,7 @@ def _finetune(
 
     loader = DataLoader(patches, batch_size=cfg.batch_size, shuffle=False, drop_last=True)
     val_part = "val" if samples["val"] else "train"
-    val_samples = samples[val_part]
-    val = LayerDataset(
-        [s.image for s in val_samples],
-        [p.target for p in labels[val_part]],
-        [s.bed for s in val_samples],
-    )
+    val = LayerDataset([s.image for s in samples[val_part]], [p.target for p in labels[val_part]])
     return fit(model, loader, val, cfg, progress=progress)
 
 

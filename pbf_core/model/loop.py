@@ -193,8 +193,7 @@ def train_step(run: _Run, batch: dict[str, torch.Tensor], lr: float) -> float:
 
 
 def eval_step(run: _Run, layers: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Predict every validation layer whole (tiled, as inference does; kept to the layer's bed
-    with ``bed_only``, as the model's spec will have it); score the best Dice.
+    """Predict every validation layer whole (tiled, as inference does); score the best Dice.
 
     Returns:
         ``val_dice`` (best over thresholds), ``val_threshold``, ``val_precision``,
@@ -207,9 +206,7 @@ def eval_step(run: _Run, layers: Iterable[dict[str, np.ndarray]]) -> dict[str, f
     predict = torch_predictor(run.scored, run.device, run.dtype, cfg.channels_last)
     probs, targets = [], []
     for item in layers:
-        prob = predict_tiled(predict, item["image"], cfg.tile_size, cfg.tile_overlap)
-        bed = item.get("bed") if cfg.bed_only else None
-        probs.append(prob if bed is None else np.where(bed, prob, np.float32(0)))
+        probs.append(predict_tiled(predict, item["image"], cfg.tile_size, cfg.tile_overlap))
         targets.append(np.asarray(item["target"], bool))
     if not probs:
         raise ValueError("the validation set is empty; give it at least one layer")

@@ -312,32 +312,19 @@ class PatchDataset:
 
 
 class LayerDataset:
-    """Whole layers for validation: items ``{"image": (C, H, W), "target": (H, W) bool}`` arrays,
-    and ``"bed"`` (``(H, W)`` bool powder bed) where ``beds`` has one.
+    """Whole layers for validation: items ``{"image": (C, H, W), "target": (H, W) bool}`` arrays.
 
     Kept as numpy: validation runs :func:`pbf_core.inference.predict_tiled` on each layer.
     """
 
-    def __init__(
-        self,
-        images: Sequence[np.ndarray],
-        targets: Sequence[np.ndarray],
-        beds: Sequence[np.ndarray | None] | None = None,
-    ) -> None:
-        if len(images) != len(targets) or (beds is not None and len(beds) != len(images)):
-            raise ValueError(
-                f"{len(images)} images for {len(targets)} targets"
-                + ("" if beds is None else f" and {len(beds)} beds")
-            )
+    def __init__(self, images: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images for {len(targets)} targets")
         self.images = list(images)
         self.targets = list(targets)
-        self.beds = list(beds) if beds is not None else [None] * len(self.images)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        item = {"image": self.images[index], "target": self.targets[index]}
-        if self.beds[index] is not None:
-            item["bed"] = self.beds[index]
-        return item
+        return {"image": self.images[index], "target": self.targets[index]}

@@ -155,11 +155,8 @@ def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
         drop_last=True,
         persistent_workers=cfg.num_workers > 0,
     )
-    val_samples = samples["val"]
     val = LayerDataset(
-        [s.image for s in val_samples],
-        [target_of(s, cfg.labels) for s in val_samples],
-        [s.bed for s in val_samples],
+        [s.image for s in samples["val"]], [target_of(s, cfg.labels) for s in samples["val"]]
     )
     seed_everything(cfg.seed)  # the same initial weights in every process
     return TrainingSetup(dataset, samples, loader, val, build_model(cfg.model, dataset.channels))

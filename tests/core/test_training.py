@@ -17,7 +17,7 @@ from pbf_core.deploy.inference import Segmenter
 from pbf_core.model.checkpoints import load_checkpoint
 from pbf_core.model.devices import DeviceError, resolve_device, resolve_precision
 from pbf_core.model.factory import create_model
-from pbf_core.model.loop import BudgetClock, _Run, _start, eval_step, fit
+from pbf_core.model.loop import BudgetClock, _start, eval_step, fit
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import LayerDataset, PatchDataset
 from pbf_core.model.training import TrainedModel, train_model
@@ -298,26 +298,3 @@ def test_constraints_pin_every_library_the_weights_depend_on():
         assert installed.split("+")[0] == pins[norm(name)], (
             f"{name} {installed} installed, {pins[norm(name)]} pinned"
         )
-
-
-class _FirstChannelLogits(torch.nn.Module):
-    """A 'network' whose logit is its input's first channel, scaled: it marks what is bright."""
-
-    def forward(self, x):
-        return (x[:, :1] - 0.5) * 40.0
-
-
-@pytest.mark.parametrize("bed_only", [True, False])
-def test_validation_keeps_to_each_layers_bed_when_the_model_will(bed_only):
-    image = np.zeros((3, 64, 64), np.float32)
-    image[:, 20:30, 20:30] = 1.0  # a defect on the bed
-    image[:, :6, :] = 1.0  # a bright frame along the top, outside the bed
-    target = np.zeros((64, 64), bool)
-    target[20:30, 20:30] = True
-    bed = np.ones((64, 64), bool)
-    bed[:8] = False
-    cfg = TrainConfig(**{**TINY, "tile_overlap": 0}, bed_only=bed_only)
-    run = _Run(_FirstChannelLogits(), None, None, torch.device("cpu"), None, cfg)
-    scores = eval_step(run, LayerDataset([image], [target], [bed]))
-    assert (scores["val_precision"] == 1.0) is bed_only
-    assert scores["val_recall"] == 1.0
