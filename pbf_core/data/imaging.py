@@ -164,16 +164,15 @@ def repair_stuck_pixels(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3:
         views = [repair_stuck_pixels(v) for v in arr]
         return arr if all(v is a for v, a in zip(views, arr, strict=True)) else np.stack(views)
-    top = np.iinfo(arr.dtype).max
-    out = arr
-    for end in (0, top):
+    lone = np.zeros(arr.shape, bool)
+    for end in (0, np.iinfo(arr.dtype).max):
         at_end = (arr == end).astype(np.uint8)
-        if not at_end.any():
-            continue
-        lone = (at_end == 1) & (cv2.boxFilter(at_end, -1, (3, 3), normalize=False) == 1)
-        if lone.any():
-            out = out.copy() if out is arr else out
-            out[lone] = cv2.medianBlur(arr, 3)[lone]
+        if at_end.any():
+            lone |= (at_end == 1) & (cv2.boxFilter(at_end, -1, (3, 3), normalize=False) == 1)
+    if not lone.any():
+        return arr
+    out = arr.copy()
+    out[lone] = cv2.medianBlur(arr, 3)[lone]  # one median for both ends
     return out
 
 
@@ -295,12 +294,9 @@ def _block_profiles(x: np.ndarray, b: int = BED_BLOCK) -> tuple[np.ndarray, ...]
     )
 
 
-def _border_cut(
-    level: np.ndarray, texture: np.ndarray, fine_level: np.ndarray, fine_texture: np.ndarray
-) -> int:
-    """Pixels to cut from the start of a profile: the innermost level or texture edge."""
-    blocks = max(_inner_edge(level, BED_STEP), _inner_edge(texture, float(np.log(BED_TEXTURE))))
-    return _refine_cut(blocks * BED_BLOCK, fine_level, fine_texture)
+def _border_cut(level: np.ndarray, texture: np.ndarray) -> int:
+    """Blocks to cut from the start of a profile: the innermost level or texture edge."""
+    return max(_inner_edge(level, BED_STEP), _inner_edge(texture, float(np.log(BED_TEXTURE))))
 
 
 def _refine_cut(cut: int, level: np.ndarray, texture: np.ndarray) -> int:
@@ -338,11 +334,18 @@ def bed_region(x: np.ndarray) -> tuple[slice, slice]:
     if min(h, w) < BED_MIN_SIDE:
         return slice(0, h), slice(0, w)
     rows_l, rows_t, cols_l, cols_t = _block_profiles(x)
-    fine = _block_profiles(x, BED_FINE)
-    top = _border_cut(rows_l, rows_t, fine[0], fine[1])
-    bottom = _border_cut(rows_l[::-1], rows_t[::-1], fine[0][::-1], fine[1][::-1])
-    left = _border_cut(cols_l, cols_t, fine[2], fine[3])
-    right = _border_cut(cols_l[::-1], cols_t[::-1], fine[2][::-1], fine[3][::-1])
+    cuts = [  # blocks to cut: top, bottom, left, right
+        _border_cut(rows_l, rows_t),
+        _border_cut(rows_l[::-1], rows_t[::-1]),
+        _border_cut(cols_l, cols_t),
+        _border_cut(cols_l[::-1], cols_t[::-1]),
+    ]
+    if any(cuts):  # the fine profiles only where an edge was found (most pictures have none)
+        fine = _block_profiles(x, BED_FINE)
+        profiles = [(fine[0], fine[1]), (fine[0][::-1], fine[1][::-1])]
+        profiles += [(fine[2], fine[3]), (fine[2][::-1], fine[3][::-1])]
+        cuts = [_refine_cut(c * BED_BLOCK, *p) for c, p in zip(cuts, profiles, strict=True)]
+    top, bottom, left, right = cuts
     return slice(top, h - bottom), slice(left, w - right)
 
 
