@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pbf_core.deploy.inputs import keep_to_bed, prepare_input
+from pbf_core.deploy.inputs import keep_to_bed, normalized_views, stored_views
 from pbf_core.deploy.overlays import Component, find_components
 from pbf_core.deploy.tiling import PredictFn, predict_tiled
 from pbf_core.model.spec import ModelSpec
@@ -156,11 +156,12 @@ class Segmenter:
         """``(H, W)`` float32 defect probabilities of a raw or prepared layer (0 outside the
         powder bed for a ``bed_only`` model: ``bed``, else found on raw views, see
         :func:`~pbf_core.deploy.inputs.keep_to_bed`)."""
-        x = prepare_input(image, self.spec)
+        views = stored_views(image, self.spec)
+        x = normalized_views(views, self.spec)
         prob = predict_tiled(
             self.predict, x, self.spec.tile_size, self.spec.tile_overlap, self.batch_size
         )
-        return keep_to_bed(prob, image, self.spec, bed)
+        return keep_to_bed(prob, views, self.spec, bed)
 
     def segment(
         self,

@@ -33,11 +33,15 @@ def prepare_input(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -
     Raises:
         ValueError: missing views, or a shape/channel count the model cannot take.
     """
-    stacked = stored_views(raw, spec)
-    if np.issubdtype(stacked.dtype, np.floating):
-        return np.clip(stacked, 0.0, 1.0).astype(np.float32, copy=False)
+    return normalized_views(stored_views(raw, spec), spec)
+
+
+def normalized_views(views: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The network's input from :func:`stored_views`' output (float views are only clipped)."""
+    if np.issubdtype(views.dtype, np.floating):
+        return np.clip(views, 0.0, 1.0).astype(np.float32, copy=False)
     lo, hi = spec.percentiles
-    return np.stack([normalize(v, spec.normalization, lo, hi) for v in stacked], axis=0)
+    return np.stack([normalize(v, spec.normalization, lo, hi) for v in views], axis=0)
 
 
 def stored_views(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -> np.ndarray:
@@ -76,22 +80,18 @@ def stored_views(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) ->
 
 
 def keep_to_bed(
-    prob: np.ndarray,
-    raw: np.ndarray | Mapping[str, np.ndarray],
-    spec: ModelSpec,
-    bed: np.ndarray | None = None,
+    prob: np.ndarray, views: np.ndarray, spec: ModelSpec, bed: np.ndarray | None = None
 ) -> np.ndarray:
     """``prob`` with what lies outside the powder bed set to 0 when ``spec.bed_only``.
 
     The bed is ``bed`` (``(H, W)`` bool) when given, else :func:`~pbf_core.data.imaging.bed_mask`
-    of ``raw``'s views as stored. An already normalised ``raw`` without ``bed`` keeps the whole
-    picture: the bed is found on the views before their stretch (see ``bed_box``), and a
-    prepared dataset keeps it in its manifest (``Sample.bed``).
+    of ``views`` (:func:`stored_views`' output). Already normalised views without ``bed`` keep
+    the whole picture: the bed is found on the views before their stretch (see ``bed_box``),
+    and a prepared dataset keeps it in its manifest (``Sample.bed``).
     """
     if not spec.bed_only:
         return prob
     if bed is None:
-        views = stored_views(raw, spec)
         if np.issubdtype(views.dtype, np.floating):
             return prob
         bed = bed_mask(views)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pbf_core.deploy.inputs import keep_to_bed, prepare_input
+from pbf_core.deploy.inputs import keep_to_bed, normalized_views, stored_views
 from pbf_core.deploy.overlays import Component, find_components
 from pbf_core.deploy.tiling import predict_tiled
 from pbf_core.errors import LayerSetError
@@ -42,14 +42,14 @@ class LayerResult:
     seconds: float
 
 
-def network_input(raw: RawLayer, mode: Mode, spec: ModelSpec) -> np.ndarray:
-    """The ``(C, H, W)`` float32 network input of a decoded upload.
+def upload_views(raw: RawLayer, mode: Mode, spec: ModelSpec) -> np.ndarray:
+    """The ``(C, H, W)`` views of a decoded upload as stored, in the model's order.
 
     Raises:
         UploadError: the views do not form a layer set, or do not fit the model (422).
     """
     try:
-        return prepare_input(raw, spec)
+        return stored_views(raw, spec)
     except LayerSetError as exc:
         raise UploadError(422, None, str(exc), "layer_set") from None
     except ValueError as exc:
@@ -105,11 +105,12 @@ class LayerSegmenter:
         raw, mode = read_uploads(
             uploads, limits.max_upload_mb, limits.max_pixels, limits.max_aspect
         )
-        x = network_input(raw, mode, spec)
+        views = upload_views(raw, mode, spec)
+        x = normalized_views(views, spec)
         prob = predict_tiled(
             self._runner.infer, x, spec.tile_size, spec.tile_overlap, limits.tiles_per_inference
         )
-        prob = keep_to_bed(prob, raw, spec)
+        prob = keep_to_bed(prob, views, spec)
         mask = prob >= spec.threshold
         comps = find_components(mask, prob)
         result = LayerResult(x, prob, mask, comps, spec.threshold, mode, time.perf_counter() - t0)
