@@ -23,9 +23,7 @@ from pbf_core.data.synthetic.styles import Look
 def _frame(rng: np.random.Generator, value: np.ndarray, types: np.ndarray, look: Look) -> None:
     """A brushed-metal machine frame around the bed (in place; defects never reach it)."""
     _, n, _ = value.shape
-    width = look.frame_px(n)
-    inside = np.zeros((n, n), bool)
-    inside[width : n - width, width : n - width] = True
+    width, inside = look.frame_px(n), look.inside_frame(n)
     level = look.powder_level * float(rng.uniform(0.35, 1.6))
     brushed = 1.0 + 0.06 * _smooth_noise(rng, (n, n), 0.8) + 0.1 * _smooth_noise(rng, (1, n), 6)
     metal = (level * brushed).astype(np.float32)

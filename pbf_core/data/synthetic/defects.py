@@ -174,20 +174,18 @@ def _light_defect(
         sub[:, own] += (target - sub[:, own]) * alpha[None, :]
 
 
-def _on_bed(window: tuple[slice, slice], shape: tuple[int, int], frame: int) -> np.ndarray:
-    """``(h, w)`` bool: which pixels of ``window`` lie on the bed inside a ``frame``-px frame."""
-    (rows, cols), (h, w) = window, shape
-    ys, xs = np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop)
-    return ((ys >= frame) & (ys < h - frame))[:, None] & ((xs >= frame) & (xs < w - frame))[None]
-
-
 def _describe_defect(
-    kind: str, window: tuple[slice, slice], own: np.ndarray, part: np.ndarray, frame: int = 0
+    kind: str,
+    window: tuple[slice, slice],
+    own: np.ndarray,
+    part: np.ndarray,
+    inside: np.ndarray | None = None,
 ) -> Defect | None:
-    """The :class:`Defect` record of the ``own`` pixels of ``window`` that a machine frame
-    ``frame`` px wide does not hide (None when it hides them all); ``part`` is ``(H, W)`` bool."""
-    if frame:
-        own = own & _on_bed(window, part.shape, frame)
+    """The :class:`Defect` record of the ``own`` pixels of ``window`` that a machine frame does
+    not hide (``inside``: ``Look.inside_frame``; None when it hides them all); ``part`` is
+    ``(H, W)`` bool."""
+    if inside is not None:
+        own = own & inside[window]
     if not own.any():
         return None
     rows, cols = window
@@ -204,11 +202,9 @@ def _describe_defect(
 
 def clear_frame(types: np.ndarray, look: Look) -> np.ndarray:
     """``types`` with the pixels under ``look``'s machine frame set to 0 (in place)."""
-    frame = look.frame_px(types.shape[0])
-    if frame:
-        inside = types[frame:-frame, frame:-frame].copy()
-        types[:] = 0
-        types[frame:-frame, frame:-frame] = inside
+    inside = look.inside_frame(types.shape[0])
+    if inside is not None:
+        types[~inside] = 0
     return types
 
 
@@ -241,6 +237,7 @@ def _paint_defects(
         return types > 0, types, ()
     kinds = list(_TYPE_PROB)
     probs = np.asarray(list(_TYPE_PROB.values()))
+    inside = look.inside_frame(n)
     near_part = cv2.dilate(part.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     near_idx = np.flatnonzero(near_part)
     for _ in range(count):
@@ -256,7 +253,7 @@ def _paint_defects(
             continue
         _light_defect(rng, kind, value[:, window[0], window[1]], own, area, look)
         types[window][own] = defect_code(kind)  # the frame's share too, so claims stay classic
-        record = _describe_defect(kind, window, own, part, look.frame_px(n))
+        record = _describe_defect(kind, window, own, part, inside)
         if record is not None:
             defects.append(record)
     return types > 0, types, tuple(defects)

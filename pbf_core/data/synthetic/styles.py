@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
+
 from pbf_core.config import SynthConfig
 from pbf_core.data.synthetic.fields import _rng
 
@@ -68,6 +70,15 @@ class Look:
     def frame_px(self, n: int) -> int:
         """Width in pixels of the machine frame on an ``n``-pixel side (0 without a frame)."""
         return max(2, round(self.frame * n)) if self.frame else 0
+
+    def inside_frame(self, n: int) -> np.ndarray | None:
+        """``(n, n)`` bool: the bed inside the machine frame (None without a frame)."""
+        width = self.frame_px(n)
+        if not width:
+            return None
+        inside = np.zeros((n, n), bool)
+        inside[width : n - width, width : n - width] = True
+        return inside
 
     @property
     def effects(self) -> bool:

@@ -71,7 +71,7 @@ def paint_volumes(
     """Paint the slices of the 3D defects that layer ``z`` cuts (``value`` and ``types`` in
     place); returns their records."""
     rng = _rng(cfg, _STREAM_VOLUMES, z, variant)
-    out = []
+    out, inside = [], look.inside_frame(types.shape[0])
     for v in plan_volumes(cfg):
         if not v.z0 <= z < v.z1:
             continue
@@ -87,7 +87,7 @@ def paint_volumes(
             continue
         _light_defect(rng, "hole", value[:, window[0], window[1]], own, area, look)
         types[window][own] = defect_code("hole")
-        d = _describe_defect("hole", window, own, part, look.frame_px(types.shape[0]))
+        d = _describe_defect("hole", window, own, part, inside)
         if d is not None:
             out.append(Defect(d.type, d.bbox, d.area, d.on_part, volume=v.id))
     return out
