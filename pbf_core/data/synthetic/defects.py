@@ -214,7 +214,7 @@ def _paint_defects(
     value: np.ndarray,
     part: np.ndarray,
     look: Look = CLASSIC,
-) -> tuple[np.ndarray, np.ndarray, tuple[Defect, ...]]:
+) -> tuple[np.ndarray, tuple[Defect, ...]]:
     """Paint about ``cfg.defects_per_layer`` defects into a layer, identically in every view.
 
     Args:
@@ -224,8 +224,8 @@ def _paint_defects(
         part: ``(H, W)`` bool melted cross-section; most defects form on or next to it.
 
     Returns:
-        ``(truth, types, defects)``: ``(H, W)`` bool defect pixels, ``(H, W)`` uint8 type codes
-        (0 = none) and the painted instances. A look with a machine frame paints and claims as
+        ``(types, defects)``: ``(H, W)`` uint8 type codes (0 = none; the truth mask is
+        ``types > 0``) and the painted instances. A look with a machine frame paints and claims as
         the classic one does (same draws, same defects); the records leave out what the frame
         hides, and :func:`clear_frame` takes it out of the masks once all painting is done.
     """
@@ -234,7 +234,7 @@ def _paint_defects(
     defects: list[Defect] = []
     count = int(rng.poisson(cfg.defects_per_layer))
     if count == 0:
-        return types > 0, types, ()
+        return types, ()
     kinds = list(_TYPE_PROB)
     probs = np.asarray(list(_TYPE_PROB.values()))
     inside = look.inside_frame(n)
@@ -256,4 +256,4 @@ def _paint_defects(
         record = _describe_defect(kind, window, own, part, inside)
         if record is not None:
             defects.append(record)
-    return types > 0, types, tuple(defects)
+    return types, tuple(defects)

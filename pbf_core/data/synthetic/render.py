@@ -201,7 +201,7 @@ def render_layer(
     rng = _rng(cfg, _STREAM_LAYER, z, variant)
     look = draw_look(cfg, z, variant, ranges)
     expected, part, angle = _layer_expected(cfg, z, rng, plan_parts(cfg), look)
-    _, types, defects = _paint_defects(rng, cfg, expected, part, look)
+    types, defects = _paint_defects(rng, cfg, expected, part, look)
     if cfg.volume_defects > 0:  # 3D defects draw from a stream of their own
         defects += tuple(paint_volumes(cfg, z, variant, expected, types, part, look))
     truth = clear_frame(types, look) > 0  # a machine frame hides what was painted under it
