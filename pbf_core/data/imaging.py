@@ -162,8 +162,8 @@ def repair_stuck_pixels(arr: np.ndarray) -> np.ndarray:
     if arr.dtype not in (np.uint8, np.uint16) or arr.ndim not in (2, 3):
         return arr
     if arr.ndim == 3:
-        views = [repair_stuck_pixels(v) for v in arr]
-        return arr if all(v is a for v, a in zip(views, arr, strict=True)) else np.stack(views)
+        pairs = [(v, repair_stuck_pixels(v)) for v in arr]
+        return arr if all(r is v for v, r in pairs) else np.stack([r for _, r in pairs])
     lone = np.zeros(arr.shape, bool)
     for end in (0, np.iinfo(arr.dtype).max):
         at_end = (arr == end).astype(np.uint8)
