@@ -174,11 +174,13 @@ class LabelConfig(Frozen):
 class PrepareConfig(Frozen):
     """Raw layers → prepared dataset (filtered layer sets, normalised images, weak labels)."""
 
-    normalization: Literal["percentile", "bed", "flatfield", "minmax"] = Field(
+    normalization: Literal["percentile", "bed", "flatfield", "bed_flatfield", "minmax"] = Field(
         "percentile",
         description="percentile: stretch each view between its percentiles; bed: between the "
         "percentiles of the powder bed alone (a machine frame around it left out); flatfield: "
-        "divide by the view's smooth background first (vignetting, light gradients); minmax",
+        "divide by the view's smooth background first (vignetting, light gradients); "
+        "bed_flatfield: both (the bed's percentiles of that ratio: a light ramp across the "
+        "plate no longer flattens the defects' contrast); minmax",
     )
     percentiles: tuple[float, float] = (0.5, 99.5)
     max_pixels: int = Field(64_000_000, ge=1, description="refuse larger images (px)")

@@ -176,9 +176,17 @@ def repair_stuck_pixels(arr: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Stretches that read their percentiles from the powder bed alone (:func:`bed_region`).
+BED_STRETCHES = ("bed", "bed_flatfield")
+#: Stretches that first divide each view by its smooth background (:func:`flat_field`).
+FLAT_STRETCHES = ("flatfield", "bed_flatfield")
+
+
 def normalize(
     arr: np.ndarray,
-    method: Literal["percentile", "bed", "flatfield", "minmax", "fullscale"] = "percentile",
+    method: Literal[
+        "percentile", "bed", "flatfield", "bed_flatfield", "minmax", "fullscale"
+    ] = "percentile",
     low: float = 0.5,
     high: float = 99.5,
 ) -> np.ndarray:
@@ -188,12 +196,13 @@ def normalize(
         arr: ``(H, W)`` or ``(C, H, W)`` ``uint8``/``uint16`` (or float) image.
         method: ``percentile`` stretches ``[p_low, p_high]`` to [0, 1] (robust to hot pixels),
             ``bed`` stretches between the percentiles of the powder bed alone
-            (:func:`bed_region`: a machine frame around it is left out of the statistics; a
-            ``(C, H, W)`` stack is stretched as a whole), ``flatfield`` first divides the image
-            by its smooth background (:func:`flat_field`: vignetting, light gradients) and then
-            stretches the percentiles of that ratio, ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's
-            maximum.
-        low, high: percentiles for ``percentile``, ``bed`` and ``flatfield``.
+            (:func:`bed_region` of the image as stored: a machine frame around it is left out
+            of the statistics; a ``(C, H, W)`` stack is stretched as a whole), ``flatfield``
+            first divides the image by its smooth background (:func:`flat_field`: vignetting,
+            light gradients) and then stretches the percentiles of that ratio,
+            ``bed_flatfield`` does both (the ratio's percentiles over the bed alone),
+            ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's maximum.
+        low, high: percentiles for the percentile stretches.
 
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
@@ -204,16 +213,18 @@ def normalize(
     if method == "fullscale":
         scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0
         return np.clip(x / scale, 0.0, 1.0)
-    if method == "flatfield":
-        x = flat_field(x)
-    if method in ("percentile", "bed", "flatfield"):
-        integer = arr.dtype in (np.uint8, np.uint16) and method != "flatfield"
-        lo, hi = _stretch_limits(arr if integer else x, method == "bed", low, high)
+    if method in ("percentile", *BED_STRETCHES, *FLAT_STRETCHES):
+        region = bed_region(arr) if method in BED_STRETCHES and arr.ndim == 2 else None
+        if method in FLAT_STRETCHES:
+            x = flat_field(x, region=region)
+        integer = arr.dtype in (np.uint8, np.uint16) and method not in FLAT_STRETCHES
+        lo, hi = _stretch_limits(arr if integer else x, region, low, high)
     elif method == "minmax":
         lo, hi = float(x.min()), float(x.max())
     else:
         raise ValueError(
-            f"unknown normalisation {method!r}: use percentile, bed, flatfield, minmax or fullscale"
+            f"unknown normalisation {method!r}: use percentile, bed, flatfield, bed_flatfield, "
+            "minmax or fullscale"
         )
     if hi - lo <= 1e-6:
         return np.zeros_like(x)
@@ -221,15 +232,14 @@ def normalize(
 
 
 def _stretch_limits(
-    values: np.ndarray, bed_only: bool, low: float, high: float
+    values: np.ndarray, region: tuple[slice, slice] | None, low: float, high: float
 ) -> tuple[float, float]:
-    """The ``low`` and ``high`` percentiles of ``values`` (of a 2-D view's bed alone if asked).
+    """The ``low`` and ``high`` percentiles of ``values`` (of its ``region`` alone if given).
 
     ``values`` is the stored uint8/uint16 image (read from its histogram) or float32.
     """
-    if bed_only and values.ndim == 2:
-        rows, cols = bed_region(values)
-        values = np.ascontiguousarray(values[rows, cols])
+    if region is not None:
+        values = np.ascontiguousarray(values[region])
     if values.dtype in (np.uint8, np.uint16) and values.size:
         lo, hi = integer_percentiles(values, (low, high))  # same values, no sort
     else:
@@ -380,7 +390,9 @@ def bed_mask(image: np.ndarray) -> np.ndarray:
 FLAT_FIELD_CELLS = 16
 
 
-def flat_field(x: np.ndarray, cells: int = FLAT_FIELD_CELLS) -> np.ndarray:
+def flat_field(
+    x: np.ndarray, cells: int = FLAT_FIELD_CELLS, region: tuple[slice, slice] | None = None
+) -> np.ndarray:
     """``(H, W)`` float32 image (or a stack of them) over its smooth background (powder reads ~1).
 
     The background is the median of each pixel's 5 x 5 neighbourhood of coarse cells (about a
@@ -388,17 +400,31 @@ def flat_field(x: np.ndarray, cells: int = FLAT_FIELD_CELLS) -> np.ndarray:
     pores, lines, spatter and parts, which cover less than half of that window, stay out of it,
     and so does a machine frame narrower than half of it (it keeps its own brightness against
     the bed's). The ratio does not change with the camera's gain.
+
+    With a 2-D image's bed ``region`` (:func:`bed_region`) the background is estimated on the
+    bed alone and carried out to the border by its edge values: a dark frame would otherwise
+    pull the background down along the bed's edge and brighten the powder there.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:
         return np.stack([flat_field(v, cells) for v in x])
+    if region is None:
+        return x / _background(x, cells)
+    rows, cols = region
+    inner = _background(np.ascontiguousarray(x[rows, cols]), cells)
+    h, w = x.shape
+    pad = ((rows.start, h - rows.stop), (cols.start, w - cols.stop))
+    return x / np.pad(inner, pad, mode="edge")
+
+
+def _background(x: np.ndarray, cells: int) -> np.ndarray:
+    """The smooth background :func:`flat_field` divides by, floored above 0."""
     h, w = x.shape
     step = max(1, round(max(h, w) / cells))
     small = cv2.resize(x, (max(1, w // step), max(1, h // step)), interpolation=cv2.INTER_AREA)
     small = cv2.medianBlur(small, 5) if min(small.shape) >= 3 else small
     background = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    floor = np.float32(max(1e-3 * float(background.max()), 1e-6))
-    return x / np.maximum(background, floor)
+    return np.maximum(background, np.float32(max(1e-3 * float(background.max()), 1e-6)))
 
 
 def integer_percentiles(arr: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:

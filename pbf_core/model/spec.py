@@ -46,7 +46,9 @@ class ModelSpec(BaseModel):
     head: Literal["full", "shuffle"] = "shuffle"
     head_width: int = Field(32, ge=0)
     views: tuple[str, ...] = ("a", "b", "c")
-    normalization: Literal["percentile", "bed", "flatfield", "minmax"] = "percentile"
+    normalization: Literal["percentile", "bed", "flatfield", "bed_flatfield", "minmax"] = (
+        "percentile"
+    )
     percentiles: tuple[float, float] = (0.5, 99.5)
     bed_only: bool = False  # (models trained before it predict over the whole picture)
     tile_size: int = Field(256, ge=32)

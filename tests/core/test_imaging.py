@@ -178,6 +178,34 @@ def test_flatfield_ignores_the_camera_gain_and_handles_stacks_and_flat_images():
     assert not normalize(np.zeros((3, 3), np.uint16), "flatfield").any()
 
 
+@pytest.mark.parametrize("level", [6_000, 32_000])
+def test_bed_flatfield_keeps_a_pores_contrast_under_a_light_ramp_and_a_frame(level):
+    # a ramp of ±50 % across the plate widens the bed's histogram: the plain bed stretch then
+    # squeezes (or swells) a pore's contrast with the ramp; over the smooth background it stays
+    bed, _ = _vignetted_bed()
+    bed = bed.astype(np.float32)
+    pore = np.zeros(bed.shape, bool)
+    pore[60:64, 180:184] = True
+    bed[pore] *= 0.5
+    ring = np.zeros(bed.shape, bool)
+    ring[54:70, 174:190] = True
+    ring &= ~pore
+    framed = _framed(bed, 40, level)
+    xx = np.mgrid[:256, :256][1] / 255.0 - 0.5
+
+    def contrast(method: str, slope: float) -> float:
+        lit = np.clip(framed * (1 + slope * xx), 0, 65535).astype(np.uint16)
+        out = normalize(lit, method)
+        return float(out[ring].mean() - out[pore].mean())
+
+    even = contrast("bed_flatfield", 0.0)
+    assert even > 0.4  # the frame, dark or bright, neither joins the statistics nor the background
+    for slope in (1.0, -1.0):
+        assert abs(contrast("bed_flatfield", slope) / even - 1) < 0.15
+        assert abs(contrast("bed", slope) / contrast("bed", 0.0) - 1) > 0.4
+    assert contrast("flatfield", 0.0) < 0.8 * even  # the frame in the whole view's statistics
+
+
 def _framed(bed: np.ndarray, width: int, level: float, sides: str = "tblr") -> np.ndarray:
     """``bed`` with a flat machine frame ``width`` px wide on the named sides."""
     out = bed.copy()
