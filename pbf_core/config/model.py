@@ -56,6 +56,20 @@ class AugmentConfig(Frozen):
     illumination_p: float = Field(
         0.0, ge=0, le=1, description="a lighting gradient across the patch"
     )
+    saturation_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="a brighter exposure that clips: each view saturates at a level drawn in "
+        "0.5-0.95 of its range, which is stretched back to 1 (a gain that clips at full scale, "
+        "seen through the percentile stretch)",
+    )
+    blur_sigma: tuple[float, float] = Field(
+        (0.3, 1.2), description="defocus blur's Gaussian sigma range (px), with blur_p"
+    )
+    motion_blur: tuple[int, int] = Field(
+        (3, 5), description="motion blur's kernel length range (odd px), with blur_p"
+    )
     impulse_p: float = Field(
         0.0,
         ge=0,
@@ -63,6 +77,18 @@ class AugmentConfig(Frozen):
         description="hot and dead pixels (0.01-0.2 %), drawn apart in each view, so a one-view "
         "speck is not taken for spatter",
     )
+
+    @model_validator(mode="after")
+    def _check_blur_ranges(self) -> AugmentConfig:
+        lo, hi = self.blur_sigma
+        if not 0 < lo <= hi <= 10:
+            raise ValueError(f"blur_sigma must satisfy 0 < low <= high <= 10 px, got {lo}, {hi}")
+        lo, hi = self.motion_blur
+        if not (3 <= lo <= hi <= 31 and lo % 2 and hi % 2):
+            raise ValueError(
+                f"motion_blur must be odd lengths 3 <= low <= high <= 31, got {lo}, {hi}"
+            )
+        return self
 
 
 class TrainConfig(Frozen):
@@ -103,6 +129,14 @@ class TrainConfig(Frozen):
         le=1,
         description="share of the other patches centred on the most defect-like pixels that are "
         "not defects (part edges, glints, shadows, streaks)",
+    )
+    small_defect_weight: float = Field(
+        0.0,
+        ge=0,
+        le=15,
+        description="extra BCE weight of small defects (0 = off): a defect pixel of a component "
+        "of A px weighs sqrt(64 / A), from 1 at 64 px up to 1 + this (a 4 px spatter droplet: "
+        "4 with 3), so the loss counts droplets and pores, not only the big defects' pixels",
     )
     balance_types: bool = Field(
         False,

@@ -175,14 +175,16 @@ def train_step(run: _Run, batch: dict[str, torch.Tensor], lr: float) -> float:
         group["lr"] = lr
     x = batch["image"].to(run.device, non_blocking=True)
     y = batch["target"].to(run.device, non_blocking=True)
-    valid = batch.get("valid")  # pseudo-labelled patches leave doubtful pixels out
+    valid, weight = batch.get("valid"), batch.get("weight")  # doubtful pixels; small defects
     if valid is not None:
         valid = valid.to(run.device, non_blocking=True)
+    if weight is not None:
+        weight = weight.to(run.device, non_blocking=True)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(run.device, run.dtype):
         logits = model(x)
-    loss = dice_bce_loss(logits, y, cfg.pos_weight, cfg.dice_weight, valid)
+    loss = dice_bce_loss(logits, y, cfg.pos_weight, cfg.dice_weight, valid, weight)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)

@@ -14,6 +14,7 @@ def dice_bce_loss(
     pos_weight: float = 1.0,
     dice_weight: float = 1.0,
     valid: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """BCE (defect pixels weighted ``pos_weight``) + ``dice_weight`` × soft Dice loss.
 
@@ -24,22 +25,29 @@ def dice_bce_loss(
         logits, target: ``(N, 1, H, W)`` float; target in {0, 1}.
         valid: optional ``(N, 1, H, W)`` {0, 1} mask of the pixels that count (pseudo-labels
             leave the doubtful ones out); every pixel counts when None.
+        weight: optional ``(N, 1, H, W)`` per-pixel BCE weights (small defects weigh more, see
+            :class:`~pbf_core.model.patches.PatchDataset`); the BCE stays a mean over the
+            pixels that count, and the Dice term does not see them.
     """
     import torch
     from torch.nn.functional import binary_cross_entropy_with_logits
 
     logits = logits.float()
-    weight = torch.tensor(pos_weight, device=logits.device)
-    if valid is None:
-        bce = binary_cross_entropy_with_logits(logits, target, pos_weight=weight)
+    pos = torch.tensor(pos_weight, device=logits.device)
+    if valid is None and weight is None:
+        bce = binary_cross_entropy_with_logits(logits, target, pos_weight=pos)
         prob = torch.sigmoid(logits)
     else:
-        valid = valid.float()
+        counts = torch.ones_like(target) if valid is None else valid.float()
         per_pixel = binary_cross_entropy_with_logits(
-            logits, target, weight=valid, pos_weight=weight, reduction="sum"
+            logits,
+            target,
+            weight=counts if weight is None else counts * weight,
+            pos_weight=pos,
+            reduction="sum",
         )
-        bce = per_pixel / valid.sum().clamp(min=1.0)
-        prob, target = torch.sigmoid(logits) * valid, target * valid
+        bce = per_pixel / counts.sum().clamp(min=1.0)
+        prob, target = torch.sigmoid(logits) * counts, target * counts
     if dice_weight == 0:
         return bce
     inter = (prob * target).sum()

@@ -67,7 +67,8 @@ def _camera_augmentation(A: Any, cfg: AugmentConfig) -> list:  # noqa: N803 (alb
     """
     ops: list = []
     if cfg.blur_p > 0:
-        blurs = [A.GaussianBlur(sigma_limit=(0.3, 1.2), blur_limit=0), A.MotionBlur((3, 5))]
+        blurs = [A.GaussianBlur(sigma_limit=cfg.blur_sigma, blur_limit=0),
+                 A.MotionBlur(cfg.motion_blur)]  # fmt: skip
         ops.append(A.OneOf(blurs, p=cfg.blur_p))
     if cfg.gamma_p > 0:
         ops.append(A.RandomGamma(gamma_limit=(70, 150), p=cfg.gamma_p))
@@ -81,7 +82,32 @@ def _camera_augmentation(A: Any, cfg: AugmentConfig) -> list:  # noqa: N803 (alb
         ops.append(A.Illumination(mode="linear", intensity_range=(0.05, 0.2), p=cfg.illumination_p))
     if cfg.impulse_p > 0:
         ops.append(_impulse_noise(A)(amount=(1e-4, 2e-3), p=cfg.impulse_p))
+    if cfg.saturation_p > 0:
+        ops.insert(0, _saturation(A)(levels=(0.5, 0.95), p=cfg.saturation_p))
     return ops
+
+
+def _saturation(A: Any) -> type:  # noqa: N803 (albumentations)
+    """A transform clipping each view at a random level and stretching that level back to 1.
+
+    A longer exposure or a higher gain saturates the brightest pixels at full scale; the
+    percentile stretch then maps the clip level to 1. Incandescence and parts turn flat white.
+    """
+
+    class Saturation(A.ImageOnlyTransform):
+        def __init__(self, levels: tuple[float, float], p: float = 0.5):
+            super().__init__(p=p)
+            self.levels = levels
+
+        def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+            views = data["image"].shape[-1] if data["image"].ndim == 3 else 1
+            return {"level": self.random_generator.uniform(*self.levels, size=views)}
+
+        def apply(self, img: np.ndarray, level: np.ndarray, **_: Any):
+            top = level.astype(img.dtype) if img.ndim == 3 else img.dtype.type(level[0])
+            return np.minimum(img, top) / top
+
+    return Saturation
 
 
 def _impulse_noise(A: Any) -> type:  # noqa: N803 (albumentations)
@@ -134,6 +160,27 @@ def hard_negatives(
     return idx[::step][:most]
 
 
+#: :func:`small_defect_weights`: components of this many pixels or more weigh 1.
+SMALL_DEFECT_AREA = 64
+
+
+def small_defect_weights(target: np.ndarray, extra: float) -> np.ndarray:
+    """``(H, W)`` float32 BCE weights: ``sqrt(SMALL_DEFECT_AREA / A)`` on a defect component of
+    ``A`` px, between 1 and ``1 + extra``; 1 on the background.
+
+    A 5 px droplet otherwise counts 1/100 of a 500 px lack-of-fusion region in the loss, and a
+    network can score well while never marking one.
+    """
+    weight = np.ones(target.shape, np.float32)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(target.astype(np.uint8), connectivity=8)
+    if n > 1:
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.float32)
+        per = np.clip(np.sqrt(SMALL_DEFECT_AREA / np.maximum(area, 1)), 1.0, 1.0 + extra)
+        per[0] = 1.0
+        weight = per[labels].astype(np.float32)
+    return weight
+
+
 @dataclass(frozen=True)
 class _Blob:
     layer: int
@@ -182,10 +229,13 @@ class PatchDataset:
             :func:`hard_negatives`) instead of a uniformly random place.
         ignore: optional ``(H, W)`` bool masks of pixels left out of the loss (doubtful
             pseudo-labels), one per image.
+        small_defect_weight: when above 0, items carry BCE weights that favour small defects
+            (:func:`small_defect_weights` of the augmented patch's target).
 
     Items:
         ``image`` ``(C, patch, patch)`` float32 tensor, ``target`` ``(1, patch, patch)`` float32;
-        with ``ignore``, also ``valid`` ``(1, patch, patch)`` float32 (1 = the pixel counts).
+        with ``ignore``, also ``valid`` ``(1, patch, patch)`` float32 (1 = the pixel counts);
+        with ``small_defect_weight``, also ``weight`` ``(1, patch, patch)`` float32.
     """
 
     def __init__(
@@ -201,6 +251,7 @@ class PatchDataset:
         balance_types: bool = False,
         hard_negative_fraction: float = 0.0,
         ignore: Sequence[np.ndarray] | None = None,
+        small_defect_weight: float = 0.0,
     ) -> None:
         if not images or len(images) != len(targets):
             raise ValueError(
@@ -235,6 +286,7 @@ class PatchDataset:
             else [self.blobs]
         )
         self.hard_negative_fraction = hard_negative_fraction
+        self.small_defect_weight = small_defect_weight
         self.hard = (
             [hard_negatives(x, t) for x, t in zip(self.images, self.targets, strict=True)]
             if hard_negative_fraction > 0
@@ -308,6 +360,9 @@ class PatchDataset:
         }
         if self.ignore is not None:
             item["valid"] = torch.from_numpy((code & 2 == 0).astype(np.float32)[None])
+        if self.small_defect_weight > 0:
+            weight = small_defect_weights(code & 1, self.small_defect_weight)
+            item["weight"] = torch.from_numpy(weight[None])
         return item
 
 

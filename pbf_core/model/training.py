@@ -146,6 +146,7 @@ def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
         types=[s.types for s in train],
         balance_types=cfg.balance_types,
         hard_negative_fraction=cfg.hard_negative_fraction,
+        small_defect_weight=cfg.small_defect_weight,
     )
     loader = DataLoader(
         patches,

@@ -7,7 +7,13 @@ import pytest
 
 from pbf_core.config import AugmentConfig
 from pbf_core.data.dataset import Sample, target_of
-from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation, hard_negatives
+from pbf_core.model.patches import (
+    LayerDataset,
+    PatchDataset,
+    build_augmentation,
+    hard_negatives,
+    small_defect_weights,
+)
 
 
 def layers(n: int = 3, size: int = 96, channels: int = 3):
@@ -171,3 +177,58 @@ def test_hard_negative_patches_cover_the_hard_pixels():
     assert near_edge >= 180  # a hard pixel can sit a few px off the edge, at a patch border
     plain = PatchDataset([image], [target], 32, 200, positive_fraction=0.0)
     assert sum(bool(plain[i]["image"].numpy().max() == 1.0) for i in range(200)) < 100
+
+
+def test_saturation_clips_each_view_at_its_own_level_and_stretches_it_back():
+    only = AugmentConfig(flips=False, affine_p=0, brightness_contrast_p=0, noise_p=0,
+                         saturation_p=1)  # fmt: skip
+    ramp = np.linspace(0, 1, 256, dtype=np.float32)
+    image = np.repeat(np.tile(ramp, (256, 1))[..., None], 3, axis=2)
+    out = build_augmentation(only, seed=2)(image=image, mask=np.zeros((256, 256), np.uint8))
+    out = out["image"]
+    assert out.max() == pytest.approx(1.0) and out.min() == 0.0
+    tops = []
+    for v in range(3):
+        below = (out[0, :, v] < 1.0 - 1e-6) & (ramp > 0)
+        scale = out[0, below, v] / ramp[below]  # one factor: the clip level, stretched to 1
+        np.testing.assert_allclose(scale, scale[0], rtol=1e-5)
+        level = 1 / scale[0]
+        assert 0.5 <= level <= 0.95
+        np.testing.assert_array_equal(out[0, ramp >= level, v], 1.0)
+        tops.append(round(float(level), 3))
+    assert len(set(tops)) == 3  # drawn apart per view
+
+
+def test_blur_ranges_are_checked():
+    assert AugmentConfig(blur_sigma=(0.5, 2.0), motion_blur=(3, 9)).motion_blur == (3, 9)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        AugmentConfig(blur_sigma=(0.0, 1.0))
+    with pytest.raises(ValueError, match="motion_blur"):
+        AugmentConfig(motion_blur=(3, 8))
+
+
+def test_small_defect_weights_favour_small_components_up_to_a_cap():
+    target = np.zeros((64, 64), bool)
+    target[2:4, 2:4] = True  # 4 px: sqrt(64 / 4) = 4
+    target[20:24, 20:24] = True  # 16 px: 2
+    target[40:60, 40:60] = True  # 400 px: 1
+    w = small_defect_weights(target, 3.0)
+    assert w.dtype == np.float32 and w.shape == target.shape
+    assert w[2, 2] == pytest.approx(4.0) and w[20, 20] == pytest.approx(2.0)
+    assert w[50, 50] == 1.0 and w[10, 30] == 1.0
+    assert small_defect_weights(target, 1.0)[2, 2] == pytest.approx(2.0)  # capped at 1 + extra
+    assert (small_defect_weights(np.zeros((8, 8), bool), 3.0) == 1).all()
+
+
+def test_patches_carry_small_defect_weights_only_when_asked():
+    images, targets = layers(n=2)
+    plain = PatchDataset(images, targets, 64, 4, positive_fraction=1.0, seed=1)
+    weighted = PatchDataset(images, targets, 64, 4, 1.0, seed=1, small_defect_weight=3.0)
+    assert "weight" not in plain[0]
+    item = weighted[0]
+    on = item["target"][0] > 0
+    assert on.any()
+    weight = item["weight"][0].numpy()
+    # a 3 x 3 defect: sqrt(64 / 9); a patch border may cut it smaller, and it weighs more
+    assert (weight[on.numpy()] >= (64 / 9) ** 0.5 - 1e-6).all() and weight.max() <= 4.0
+    assert (weight[~on.numpy()] == 1).all()

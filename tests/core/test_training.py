@@ -80,6 +80,21 @@ def test_loss_prefers_the_right_answer_and_weights_positives():
     )
 
 
+def test_loss_weights_count_in_the_bce_only():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:4, 2:4] = 1
+    missed = torch.full_like(target, -3.0)
+    plain = dice_bce_loss(missed, target)
+    assert torch.isclose(dice_bce_loss(missed, target, weight=torch.ones_like(target)), plain)
+    heavy = torch.where(target > 0, 4.0, 1.0)
+    bce = dice_bce_loss(missed, target, dice_weight=0)
+    weighted = dice_bce_loss(missed, target, dice_weight=0, weight=heavy)
+    # the missed defect pixels dominate the BCE, so it grows by nearly their weight
+    assert 3.0 * bce < weighted < 4.0 * bce
+    # the Dice term is the same with or without weights
+    assert torch.isclose(dice_bce_loss(missed, target, weight=heavy) - weighted, plain - bce)
+
+
 def toy_layers(n: int, size: int = 64, seed: int = 0):
     """Bright squares on noise: learnable in a few steps."""
     rng = np.random.default_rng(seed)
