@@ -196,7 +196,9 @@ def main() -> None:
     parser.add_argument("--synthetic-dir", type=Path, help="reuse this build instead of generating")
     parser.add_argument("--am04", type=Path, help="am04 root (with data/ and SOURCE.txt)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--normalization", choices=["percentile", "bed"], default="percentile")
+    parser.add_argument(
+        "--normalization", choices=["percentile", "bed", "bed_flatfield"], default="percentile"
+    )
     parser.add_argument(
         "--everywhere", action="store_true", help="label outside the powder bed too"
     )
