@@ -38,16 +38,17 @@ def dice_bce_loss(
         bce = binary_cross_entropy_with_logits(logits, target, pos_weight=pos)
         prob = torch.sigmoid(logits)
     else:
-        counts = torch.ones_like(target) if valid is None else valid.float()
+        counts = None if valid is None else valid.float()
+        if counts is not None and weight is not None:
+            weight = counts * weight
         per_pixel = binary_cross_entropy_with_logits(
-            logits,
-            target,
-            weight=counts if weight is None else counts * weight,
-            pos_weight=pos,
+            logits, target, weight=counts if weight is None else weight, pos_weight=pos,
             reduction="sum",
-        )
-        bce = per_pixel / counts.sum().clamp(min=1.0)
-        prob, target = torch.sigmoid(logits) * counts, target * counts
+        )  # fmt: skip
+        bce = per_pixel / (target.numel() if counts is None else counts.sum().clamp(min=1.0))
+        prob = torch.sigmoid(logits)
+        if counts is not None:
+            prob, target = prob * counts, target * counts
     if dice_weight == 0:
         return bce
     inter = (prob * target).sum()

@@ -171,14 +171,11 @@ def small_defect_weights(target: np.ndarray, extra: float) -> np.ndarray:
     A 5 px droplet otherwise counts 1/100 of a 500 px lack-of-fusion region in the loss, and a
     network can score well while never marking one.
     """
-    weight = np.ones(target.shape, np.float32)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(target.astype(np.uint8), connectivity=8)
-    if n > 1:
-        area = stats[:, cv2.CC_STAT_AREA].astype(np.float32)
-        per = np.clip(np.sqrt(SMALL_DEFECT_AREA / np.maximum(area, 1)), 1.0, 1.0 + extra)
-        per[0] = 1.0
-        weight = per[labels].astype(np.float32)
-    return weight
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(target.astype(np.uint8), connectivity=8)
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float32)
+    per = np.clip(np.sqrt(SMALL_DEFECT_AREA / np.maximum(area, 1)), 1.0, 1.0 + extra)
+    per[0] = 1.0  # the background (label 0)
+    return per.astype(np.float32)[labels]
 
 
 @dataclass(frozen=True)
