@@ -138,6 +138,15 @@ class TrainConfig(Frozen):
         "of A px weighs sqrt(64 / A), from 1 at 64 px up to 1 + this (a 4 px spatter droplet: "
         "4 with 3), so the loss counts droplets and pores, not only the big defects' pixels",
     )
+    faint_contrast: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="leave a labelled defect out of the loss when its faintest view shows it by "
+        "less than this (normalised scale; 0 = off): a droplet that one light drowns in a bright "
+        "part looks like a glint there, and teaching both ways makes a network ignore every "
+        "spot on a part (pbf_core/model/visibility.py); such defects still count when scored",
+    )
     balance_types: bool = Field(
         False,
         description="place a positive patch on a defect type drawn uniformly first, then on an "

@@ -32,6 +32,7 @@ from pbf_core.model.factory import create_model
 from pbf_core.model.loop import EpochCallback, History, fit, seed_everything
 from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation
 from pbf_core.model.spec import ModelSpec
+from pbf_core.model.visibility import faint_components
 
 if TYPE_CHECKING:
     import torch
@@ -124,6 +125,21 @@ def _training_split(dataset: PreparedDataset, cfg: TrainConfig) -> Split:
     return split
 
 
+def _visible_targets(
+    train: Sequence[Sample], cfg: TrainConfig
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The training targets and, with ``cfg.faint_contrast``, the faint defects they leave to
+    the loss's ignore mask (:func:`~pbf_core.model.visibility.faint_components`)."""
+    targets = [target_of(s, cfg.labels) for s in train]
+    if cfg.faint_contrast <= 0:
+        return targets, None
+    faint = [
+        faint_components(s.image, t, cfg.faint_contrast)
+        for s, t in zip(train, targets, strict=True)
+    ]
+    return [t & ~f for t, f in zip(targets, faint, strict=True)], faint
+
+
 def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
     """Load the split's layers and build the patch loader, the validation set and the model.
 
@@ -135,9 +151,10 @@ def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
     split = _training_split(dataset, cfg)
     samples = {part: dataset.samples(split.part(part)) for part in SPLIT_NAMES}
     train = samples["train"]
+    targets, faint = _visible_targets(train, cfg)
     patches = PatchDataset(
         [s.image for s in train],
-        [target_of(s, cfg.labels) for s in train],
+        targets,
         cfg.patch_size,
         cfg.steps_per_epoch * cfg.batch_size,
         cfg.positive_fraction,
@@ -147,6 +164,7 @@ def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
         balance_types=cfg.balance_types,
         hard_negative_fraction=cfg.hard_negative_fraction,
         small_defect_weight=cfg.small_defect_weight,
+        ignore=faint,
     )
     loader = DataLoader(
         patches,
