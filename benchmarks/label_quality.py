@@ -65,9 +65,9 @@ def _type_instances(types: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 def _layer(lid: str, raw: np.ndarray, stretch: str, truth=None, instances=()) -> Layer:
     """A layer from its ``(C, H, W)`` views as stored: each stretched, the bed found on them."""
-    image = np.stack([imaging.normalize(v, stretch) for v in raw])
+    image, box = imaging.normalize_views(raw, stretch)
     truth = np.zeros(raw.shape[1:], dtype=bool) if truth is None else truth
-    return Layer(lid, image, truth, list(instances), imaging.bed_mask(raw))
+    return Layer(lid, image, truth, list(instances), imaging.box_mask(raw.shape[1:], box))
 
 
 def synthetic_layers(root: Path, stretch: str = "percentile") -> Iterator[Layer]:

@@ -29,7 +29,7 @@ import numpy as np
 from pbf_core.config import FilterConfig, PrepareConfig
 from pbf_core.data.imaging import (
     full_scale,
-    normalize,
+    normalize_views,
     read_image,
     read_mask,
     read_raw_labels,
@@ -76,6 +76,8 @@ class LayerSet:
             angles differ in overall brightness; per view, a threshold means the same in each).
         truth: ``(H, W)`` bool true defect mask, or None when the source has none.
         types: ``(H, W)`` uint8 defect type codes (0 = background, see ``DEFECT_TYPES``), or None.
+        box: the powder bed every view shows (:func:`~pbf_core.data.imaging.bed_box`), found
+            on the stored views with the stretch's own bed regions.
     """
 
     layer_id: str
@@ -84,6 +86,7 @@ class LayerSet:
     image: np.ndarray
     truth: np.ndarray | None
     types: np.ndarray | None
+    box: tuple[int, int, int, int]
 
 
 def load_layer_set(record: LayerRecord, cfg: PrepareConfig) -> LayerSet:
@@ -127,8 +130,8 @@ def load_layer_set(record: LayerRecord, cfg: PrepareConfig) -> LayerSet:
         raise FrameRejected(lid, *problem)
     truth, types = _read_truth(record, raw.shape[1:], cfg.max_pixels)
     lo, hi = cfg.percentiles
-    image = np.stack([normalize(v, cfg.normalization, lo, hi) for v in raw], axis=0)
-    return LayerSet(lid, views, raw, image, truth, types)
+    image, box = normalize_views(raw, cfg.normalization, lo, hi)
+    return LayerSet(lid, views, raw, image, truth, types, box)
 
 
 def frame_problem(

@@ -189,6 +189,7 @@ def normalize(
     ] = "percentile",
     low: float = 0.5,
     high: float = 99.5,
+    region: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
     """Map an integer image to float32 in [0, 1] without clipping the bit depth away.
 
@@ -203,18 +204,29 @@ def normalize(
             ``bed_flatfield`` does both (the ratio's percentiles over the bed alone),
             ``minmax`` stretches ``[min, max]``, ``fullscale`` divides by the dtype's maximum.
         low, high: percentiles for the percentile stretches.
+        region: the bed of a 2-D image when already found (:func:`bed_region` of the image
+            with its stuck pixels repaired); the bed stretches find it otherwise.
 
     Returns:
         float32 array of the same shape, values in [0, 1]. A constant image maps to zeros.
         Lone stuck pixels of an integer image are repaired first (:func:`repair_stuck_pixels`).
     """
-    arr = repair_stuck_pixels(arr)
+    return _stretch(repair_stuck_pixels(arr), method, low, high, region)
+
+
+def _stretch(
+    arr: np.ndarray, method: str, low: float, high: float, region: tuple[slice, slice] | None
+) -> np.ndarray:
+    """:func:`normalize` of an image whose stuck pixels are already repaired."""
     x = arr.astype(np.float32)
     if method == "fullscale":
         scale = full_scale(arr.dtype) if np.issubdtype(arr.dtype, np.integer) else 1.0
         return np.clip(x / scale, 0.0, 1.0)
     if method in ("percentile", *BED_STRETCHES, *FLAT_STRETCHES):
-        region = bed_region(arr) if method in BED_STRETCHES and arr.ndim == 2 else None
+        if method not in BED_STRETCHES or arr.ndim != 2:
+            region = None
+        elif region is None:
+            region = bed_region(arr)
         if method in FLAT_STRETCHES:
             x = flat_field(x, region=region)
         integer = arr.dtype in (np.uint8, np.uint16) and method not in FLAT_STRETCHES
@@ -364,11 +376,16 @@ def bed_box(image: np.ndarray) -> tuple[int, int, int, int]:
 
     ``image`` is ``(H, W)`` or ``(C, H, W)`` as stored (before a stretch: its offset distorts
     the texture edge of :func:`bed_region`). The views of a layer share one camera, so the
-    bed is where :func:`bed_region` of each view agrees (their intersection); without a frame
+    bed is where :func:`bed_region` of each view agrees (:func:`shared_box`); without a frame
     that is the whole picture.
     """
     views = image if image.ndim == 3 else image[None]
-    regions = [bed_region(v) for v in views]
+    return shared_box([bed_region(v) for v in views])
+
+
+def shared_box(regions: Sequence[tuple[slice, slice]]) -> tuple[int, int, int, int]:
+    """The box (row start, row stop, column start, column stop) where the views' bed regions
+    (:func:`bed_region`) all agree: their intersection, empty when they do not overlap."""
     top, left = max(r.start for r, _ in regions), max(c.start for _, c in regions)
     bottom, right = min(r.stop for r, _ in regions), min(c.stop for _, c in regions)
     return top, max(top, bottom), left, max(left, right)  # views that disagree: an empty box
@@ -384,6 +401,33 @@ def box_mask(shape: tuple[int, int], box: Sequence[int]) -> np.ndarray:
 def bed_mask(image: np.ndarray) -> np.ndarray:
     """``(H, W)`` bool: the powder bed of an image as stored (:func:`bed_box`)."""
     return box_mask(image.shape[-2:], bed_box(image))
+
+
+def normalize_views(
+    raw: np.ndarray,
+    method: str = "percentile",
+    low: float = 0.5,
+    high: float = 99.5,
+    *,
+    find_bed: bool = True,
+) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """Each view of a stored ``(C, H, W)`` stack stretched on its own (:func:`normalize`), and
+    the bed box the views share (:func:`bed_box`): each view's bed region is found once, on
+    the view with its stuck pixels repaired, for both.
+
+    Returns:
+        ``(image, box)``: ``(C, H, W)`` float32 in [0, 1]; the box, or None when not
+        ``find_bed`` (the bed stretches still find each view's region for themselves).
+    """
+    views = [repair_stuck_pixels(v) for v in raw]
+    if find_bed or method in BED_STRETCHES:
+        regions = [bed_region(v) for v in views]
+    else:
+        regions = [None] * len(views)
+    image = np.stack(
+        [_stretch(v, method, low, high, r) for v, r in zip(views, regions, strict=True)]
+    )
+    return image, (shared_box(regions) if find_bed else None)
 
 
 #: :func:`flat_field` estimates the background on this many cells along the longer side.

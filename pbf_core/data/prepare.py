@@ -27,7 +27,7 @@ from pathlib import Path
 from pbf_core.config import PrepareConfig
 from pbf_core.data.dataset import LayerEntry, Manifest, PreparedDataset, data_digest
 from pbf_core.data.filtering import FrameRejected, load_layer_set
-from pbf_core.data.imaging import bed_box, box_mask, write_mask, write_png16, write_raw_png
+from pbf_core.data.imaging import box_mask, write_mask, write_png16, write_raw_png
 from pbf_core.data.ingest import discover
 from pbf_core.data.labels import METHODS, synthesize_labels
 from pbf_core.data.layers import LayerRecord, RawSource
@@ -62,7 +62,7 @@ def prepare_layer(record: LayerRecord, out: Path, cfg: PrepareConfig) -> LayerOu
     except FrameRejected as exc:
         return LayerOutcome(record.layer_id, code=exc.code, reason=exc.reason)
     lid = layer.layer_id
-    box = bed_box(layer.raw)
+    box = layer.box
     bed = box_mask(layer.image.shape[1:], box)
     weak = synthesize_labels(layer.image, cfg.labels, bed)
     write_png16(out / "images" / f"{lid}.png", layer.image)

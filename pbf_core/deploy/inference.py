@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pbf_core.deploy.inputs import keep_to_bed, normalized_views, stored_views
+from pbf_core.deploy.inputs import keep_to_bed, model_input, normalized_views, stored_views
 from pbf_core.deploy.overlays import Component, find_components
 from pbf_core.deploy.tiling import PredictFn, predict_tiled
 from pbf_core.model.spec import ModelSpec
@@ -157,7 +157,10 @@ class Segmenter:
         powder bed for a ``bed_only`` model: ``bed``, else found on raw views, see
         :func:`~pbf_core.deploy.inputs.keep_to_bed`)."""
         views = stored_views(image, self.spec)
-        x = normalized_views(views, self.spec)
+        if bed is None:
+            x, bed = model_input(views, self.spec)
+        else:
+            x = normalized_views(views, self.spec)
         prob = predict_tiled(
             self.predict, x, self.spec.tile_size, self.spec.tile_overlap, self.batch_size
         )

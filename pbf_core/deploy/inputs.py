@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pbf_core.data.imaging import bed_mask, normalize, stack_layers, to_gray
+from pbf_core.data.imaging import bed_mask, box_mask, normalize_views, stack_layers, to_gray
 from pbf_core.model.spec import ModelSpec
 
 
@@ -38,10 +38,29 @@ def prepare_input(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -
 
 def normalized_views(views: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """The network's input from :func:`stored_views`' output (float views are only clipped)."""
+    return _normalized(views, spec, find_bed=False)[0]
+
+
+def model_input(views: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """The network's input from :func:`stored_views`' output, and the powder bed to keep to.
+
+    Returns:
+        ``(x, bed)``: the input as :func:`normalized_views` makes it; ``(H, W)`` bool bed for
+        a ``bed_only`` model given stored (integer) views, found with the stretch's own bed
+        regions (each view's once, see :func:`~pbf_core.data.imaging.normalize_views`), else
+        None (:func:`keep_to_bed` then keeps what it keeps without one).
+    """
+    return _normalized(views, spec, find_bed=spec.bed_only)
+
+
+def _normalized(
+    views: np.ndarray, spec: ModelSpec, find_bed: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     if np.issubdtype(views.dtype, np.floating):
-        return np.clip(views, 0.0, 1.0).astype(np.float32, copy=False)
+        return np.clip(views, 0.0, 1.0).astype(np.float32, copy=False), None
     lo, hi = spec.percentiles
-    return np.stack([normalize(v, spec.normalization, lo, hi) for v in views], axis=0)
+    x, box = normalize_views(views, spec.normalization, lo, hi, find_bed=find_bed)
+    return x, None if box is None else box_mask(views.shape[1:], box)
 
 
 def stored_views(raw: np.ndarray | Mapping[str, np.ndarray], spec: ModelSpec) -> np.ndarray:

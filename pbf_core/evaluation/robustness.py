@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pbf_core.config import LabelConfig, PrepareConfig, SynthConfig
-from pbf_core.data.imaging import bed_mask, normalize
+from pbf_core.data.imaging import box_mask, normalize_views
 from pbf_core.data.labels import synthesize_labels
 from pbf_core.evaluation.corruptions import SEVERITIES, corrupt
 from pbf_core.evaluation.metrics import instance_counts, instance_metrics
@@ -101,8 +101,8 @@ def weak_label_masks(method: str, prepare: PrepareConfig | None = None) -> MaskF
     lo, hi = prepare.percentiles
 
     def masks(raw: np.ndarray) -> np.ndarray:
-        image = np.stack([normalize(v, prepare.normalization, lo, hi) for v in raw])
-        return synthesize_labels(image, labels, bed_mask(raw))
+        image, box = normalize_views(raw, prepare.normalization, lo, hi)
+        return synthesize_labels(image, labels, box_mask(raw.shape[1:], box))
 
     return masks
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from pbf_core.config import PrepareConfig
 from pbf_core.data.filtering import FrameRejected, load_layer_set
-from pbf_core.data.imaging import bed_mask, read_mask, write_mask
+from pbf_core.data.imaging import box_mask, read_mask, write_mask
 from pbf_core.data.layers import LayerRecord
 from pbf_core.deploy.inference import Segmenter
 from pbf_core.files import write_json
@@ -126,7 +126,7 @@ def score_layer(
 
 
 def _segmented(layer, index: int, digest: str, segmenter: Segmenter, out: Path, start: float):
-    bed = bed_mask(layer.raw) if segmenter.spec.bed_only else None  # found on the stored views
+    bed = box_mask(layer.raw.shape[1:], layer.box) if segmenter.spec.bed_only else None
     result = segmenter.segment(layer.image, bed=bed)
     _, comps = layer_components(layer.layer_id, index, result.mask, result.prob)
     write_mask(out / "masks" / f"{layer.layer_id}.png", result.mask)

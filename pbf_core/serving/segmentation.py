@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pbf_core.deploy.inputs import keep_to_bed, normalized_views, stored_views
+from pbf_core.deploy.inputs import keep_to_bed, model_input, stored_views
 from pbf_core.deploy.overlays import Component, find_components
 from pbf_core.deploy.tiling import predict_tiled
 from pbf_core.errors import LayerSetError
@@ -106,11 +106,11 @@ class LayerSegmenter:
             uploads, limits.max_upload_mb, limits.max_pixels, limits.max_aspect
         )
         views = upload_views(raw, mode, spec)
-        x = normalized_views(views, spec)
+        x, bed = model_input(views, spec)
         prob = predict_tiled(
             self._runner.infer, x, spec.tile_size, spec.tile_overlap, limits.tiles_per_inference
         )
-        prob = keep_to_bed(prob, views, spec)
+        prob = keep_to_bed(prob, views, spec, bed)
         mask = prob >= spec.threshold
         comps = find_components(mask, prob)
         result = LayerResult(x, prob, mask, comps, spec.threshold, mode, time.perf_counter() - t0)

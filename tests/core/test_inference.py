@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pbf_core.data.imaging import normalize
+from pbf_core.data.imaging import bed_mask, normalize
 from pbf_core.deploy.inference import Segmenter
-from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.inputs import model_input, normalized_views, prepare_input
 from pbf_core.deploy.overlays import (
     OVERLAY_RED,
     OVERLAY_YELLOW,
@@ -257,6 +257,17 @@ def test_a_bed_only_model_marks_nothing_on_the_frame_around_the_bed():
     assert prob[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].min() == 1.0  # a box, all kept
     everywhere = Segmenter(ones, spec.model_copy(update={"bed_only": False})).predict_proba(views)
     assert everywhere.min() == 1.0
+
+
+def test_model_input_finds_the_bed_once_for_a_bed_only_model():
+    views = _layer("am04").views
+    spec = ModelSpec(tile_size=64, tile_overlap=8, bed_only=True, normalization="bed")
+    x, bed = model_input(views, spec)
+    np.testing.assert_array_equal(x, normalized_views(views, spec))
+    np.testing.assert_array_equal(bed, bed_mask(views))
+    assert not bed.all() and bed.any()
+    assert model_input(views, spec.model_copy(update={"bed_only": False}))[1] is None
+    assert model_input(x, spec)[1] is None  # already normalised: no bed to find
 
 
 def test_a_bed_only_model_takes_a_prepared_layers_bed_and_keeps_a_frameless_layer_whole():
