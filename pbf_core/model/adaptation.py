@@ -210,6 +210,29 @@ def rehearsal(spec: ModelSpec, cfg: AdaptConfig) -> tuple[list[np.ndarray], list
     return images, [x.truth for x in layers]
 
 
+def adaptation_patches(
+    train: list[Sample],
+    pseudo: list[PseudoLabel],
+    rehearsed: tuple[list[np.ndarray], list[np.ndarray]],
+    cfg: TrainConfig,
+) -> PatchDataset:
+    """Patches of the pseudo-labelled train layers (their doubtful pixels ignored) and of the
+    rehearsal layers with their truth, drawn and weighted as the preset's training does."""
+    images, truths = rehearsed
+    return PatchDataset(
+        [s.image for s in train] + images,
+        [p.target for p in pseudo] + truths,
+        cfg.patch_size,
+        cfg.steps_per_epoch * cfg.batch_size,
+        cfg.positive_fraction,
+        build_augmentation(cfg.augment, cfg.seed),
+        cfg.seed,
+        hard_negative_fraction=cfg.hard_negative_fraction,
+        ignore=[p.ignore for p in pseudo] + [np.zeros_like(t) for t in truths],
+        small_defect_weight=cfg.small_defect_weight,
+    )
+
+
 def _finetune(
     model: torch.nn.Module,
     spec: ModelSpec,
@@ -220,19 +243,7 @@ def _finetune(
 ) -> History:
     """Fit ``model`` in place on patches of the pseudo-labelled train layers and rehearsal."""
     cfg, adapt = cfgs
-    train, pseudo = samples["train"], labels["train"]
-    images, truths = rehearsal(spec, adapt)
-    patches = PatchDataset(
-        [s.image for s in train] + images,
-        [p.target for p in pseudo] + truths,
-        cfg.patch_size,
-        cfg.steps_per_epoch * cfg.batch_size,
-        cfg.positive_fraction,
-        build_augmentation(cfg.augment, cfg.seed),
-        cfg.seed,
-        hard_negative_fraction=cfg.hard_negative_fraction,
-        ignore=[p.ignore for p in pseudo] + [np.zeros_like(t) for t in truths],
-    )
+    patches = adaptation_patches(samples["train"], labels["train"], rehearsal(spec, adapt), cfg)
     from torch.utils.data import DataLoader
 
     loader = DataLoader(patches, batch_size=cfg.batch_size, shuffle=False, drop_last=True)

@@ -13,12 +13,17 @@ from pbf_core.config import AdaptConfig, TrainConfig
 from pbf_core.data.dataset import open_dataset
 from pbf_core.data.split import split_dataset
 from pbf_core.evaluation.scores import Evaluation, score_masks
-from pbf_core.model.adaptation import adapt_model, decide_adaptation, finetune_config
+from pbf_core.model.adaptation import (
+    adapt_model,
+    adaptation_patches,
+    decide_adaptation,
+    finetune_config,
+)
 from pbf_core.model.checkpoints import load_checkpoint
 from pbf_core.model.factory import model_from_spec
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import PatchDataset
-from pbf_core.model.pseudo_labels import flip_probabilities, pseudo_label
+from pbf_core.model.pseudo_labels import PseudoLabel, flip_probabilities, pseudo_label
 from pbf_core.model.spec import ModelSpec
 from pbf_core.model.views import single_view
 
@@ -119,6 +124,22 @@ def test_finetune_takes_the_presets_patches_and_the_adaptations_schedule():
     ft = finetune_config(train, AdaptConfig(epochs=3, steps_per_epoch=4, lr=1e-4, max_minutes=2))
     assert (ft.epochs, ft.steps_per_epoch, ft.lr, ft.patience, ft.keep) == (3, 4, 1e-4, 3, "last")
     assert (ft.labels, ft.schedule, ft.max_minutes, ft.patch_size) == ("weak", "cosine", 2, 64)
+
+
+def test_adaptation_patches_weigh_small_defects_as_the_preset_does():
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 64, 64)).astype(np.float32)
+    target, ignore = np.zeros((64, 64), bool), np.zeros((64, 64), bool)
+    target[10:12, 10:12], ignore[40:44, 40:44] = True, True  # a 4 px droplet; a doubtful spot
+    sample = type("Sample", (), {"image": image})()
+    pseudo = PseudoLabel(target, ignore, {"defect": 1, "doubtful": 1, "background": 0})
+    cfg = TrainConfig(**{**TINY, "patch_size": 64}, small_defect_weight=3.0)
+    weighted = adaptation_patches([sample], [pseudo], ([], []), cfg)
+    item = weighted[0]  # the whole 64 px layer: the droplet weighs sqrt(64 / 4); doubtful: out
+    assert item["weight"].max() == 4.0 and item["valid"].min() == 0.0
+    plain = cfg.model_copy(update={"small_defect_weight": 0})
+    rehearsed = adaptation_patches([sample], [pseudo], ([image], [target]), plain)
+    assert "weight" not in rehearsed[0] and len(rehearsed.images) == 2
 
 
 @pytest.fixture(scope="module")
