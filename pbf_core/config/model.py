@@ -77,6 +77,14 @@ class AugmentConfig(Frozen):
         description="hot and dead pixels (0.01-0.2 %), drawn apart in each view, so a one-view "
         "speck is not taken for spatter",
     )
+    droplet_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="a cluster of spatter droplets added to the patch's brighter pixels and to "
+        "its target, bright in every view (pbf_core/model/droplets.py): on parts, a layer's "
+        "glints outnumber its droplets a hundredfold",
+    )
 
     @model_validator(mode="after")
     def _check_blur_ranges(self) -> AugmentConfig:

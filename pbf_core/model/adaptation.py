@@ -230,6 +230,7 @@ def adaptation_patches(
         hard_negative_fraction=cfg.hard_negative_fraction,
         ignore=[p.ignore for p in pseudo] + [np.zeros_like(t) for t in truths],
         small_defect_weight=cfg.small_defect_weight,
+        droplet_p=cfg.augment.droplet_p,
     )
 
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from pbf_core.config import AugmentConfig
+from pbf_core.model.droplets import add_droplets
 
 if TYPE_CHECKING:
     import torch
@@ -228,6 +229,8 @@ class PatchDataset:
             pseudo-labels), one per image.
         small_defect_weight: when above 0, items carry BCE weights that favour small defects
             (:func:`small_defect_weights` of the augmented patch's target).
+        droplet_p: probability that a patch gets a cluster of spatter droplets before its
+            augmentation (:func:`~pbf_core.model.droplets.add_droplets`).
 
     Items:
         ``image`` ``(C, patch, patch)`` float32 tensor, ``target`` ``(1, patch, patch)`` float32;
@@ -249,6 +252,7 @@ class PatchDataset:
         hard_negative_fraction: float = 0.0,
         ignore: Sequence[np.ndarray] | None = None,
         small_defect_weight: float = 0.0,
+        droplet_p: float = 0.0,
     ) -> None:
         if not images or len(images) != len(targets):
             raise ValueError(
@@ -284,6 +288,7 @@ class PatchDataset:
         )
         self.hard_negative_fraction = hard_negative_fraction
         self.small_defect_weight = small_defect_weight
+        self.droplet_p = droplet_p
         self.hard = (
             [hard_negatives(x, t) for x, t in zip(self.images, self.targets, strict=True)]
             if hard_negative_fraction > 0
@@ -345,6 +350,8 @@ class PatchDataset:
         code = self.targets[i][y0 : y0 + p, x0 : x0 + p].astype(np.uint8)
         if self.ignore is not None:
             code |= self.ignore[i][y0 : y0 + p, x0 : x0 + p].astype(np.uint8) << 1
+        if self.droplet_p > 0 and rng.random() < self.droplet_p:  # (no draw when off)
+            img, code = add_droplets(img, code, rng)
         if self.augment is not None:
             self.augment.set_random_seed(int(rng.integers(2**31)))
             out = self.augment(image=np.ascontiguousarray(img.transpose(1, 2, 0)), mask=code)

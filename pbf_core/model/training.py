@@ -164,6 +164,7 @@ def setup_training(dataset: PreparedDataset, cfg: TrainConfig) -> TrainingSetup:
         balance_types=cfg.balance_types,
         hard_negative_fraction=cfg.hard_negative_fraction,
         small_defect_weight=cfg.small_defect_weight,
+        droplet_p=cfg.augment.droplet_p,
         ignore=faint,
     )
     loader = DataLoader(
