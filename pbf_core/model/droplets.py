@@ -24,6 +24,8 @@ ALPHA, LEVEL = (0.4, 0.8), (1.0, 1.3)
 #: Centres are drawn among the pixels with room at least this bright (their quantile, in the
 #: faintest view).
 BRIGHT_QUANTILE = 0.9
+#: ... and at least this bright (a melted part sits above the powder on the stretched scale).
+BRIGHT_FLOOR = 0.5
 #: A droplet pixel needs every view below this, so that it shows in all of them.
 ROOM = 0.9
 
@@ -47,7 +49,10 @@ def add_droplets(
     room = (image.max(axis=0) < ROOM) & (target == 0)
     if not room.any():
         return image, target
-    candidates = np.flatnonzero(room & (faintest >= np.quantile(faintest[room], BRIGHT_QUANTILE)))
+    floor = max(float(np.quantile(faintest[room], BRIGHT_QUANTILE)), BRIGHT_FLOOR)
+    candidates = np.flatnonzero(room & (faintest >= floor))
+    if not candidates.size:
+        return image, target
     drops = _cluster(rng, image.shape[1:], int(candidates[rng.integers(candidates.size)]))
     own = drops & room
     if not own.any():
