@@ -214,7 +214,7 @@ def predict(
     """Segment layer images: mask and overlay PNGs, defect components as JSON on stdout."""
     from pbf_core.data.imaging import read_image, write_mask
     from pbf_core.deploy.inference import load_segmenter
-    from pbf_core.deploy.inputs import group_layer_files, prepare_input
+    from pbf_core.deploy.inputs import group_layer_files, model_input, stored_views
     from pbf_core.deploy.overlays import render_overlay, write_overlay
 
     segmenter = load_segmenter(model, device)
@@ -226,12 +226,13 @@ def predict(
     for name, files in layers:
         raw = read_image(files[""]) if "" in files else {v: read_image(p) for v, p in files.items()}
         try:
-            # normalised once: the model input doubles as the overlay's background
-            x = prepare_input(raw, segmenter.spec)
+            # normalised once: the model input doubles as the overlay's background; the bed
+            # is found on the views as stored (a bed_only model marks nothing on the frame)
+            x, bed = model_input(stored_views(raw, segmenter.spec), segmenter.spec)
         except ValueError as exc:
             console.print(f"[bold red]error:[/] {name}: {exc}", highlight=False)
             raise typer.Exit(2) from None
-        result = segmenter.segment(x, threshold)
+        result = segmenter.segment(x, threshold, bed=bed)
         write_mask(out / f"{name}_mask.png", result.mask)
         write_overlay(
             out / f"{name}_overlay.png", render_overlay(x, result.mask, result.components)

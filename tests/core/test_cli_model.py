@@ -91,6 +91,33 @@ def test_predict_groups_raw_triplets(trained, synthetic_build, tmp_path):
     assert (tmp_path / "B0001_overlay.png").is_file()
 
 
+def test_predict_keeps_a_bed_only_model_to_the_powder_bed(tmp_path):
+    """A model that marks every pixel marks nothing on the machine frame of raw views."""
+    import cv2
+    import torch
+
+    from pbf_core.config import SynthConfig
+    from pbf_core.data.imaging import bed_mask, read_mask
+    from pbf_core.data.synthetic import render_layer
+    from pbf_core.model.checkpoints import save_checkpoint
+    from pbf_core.model.factory import model_from_spec
+    from pbf_core.model.spec import ModelSpec
+
+    spec = ModelSpec(decoder_channels=(16, 16, 8, 8, 8), head_width=8, tile_size=128,
+                     tile_overlap=16, threshold=1e-6, bed_only=True, normalization="bed")  # fmt: skip
+    torch.manual_seed(0)
+    model = save_checkpoint(tmp_path / "model.safetensors", model_from_spec(spec), spec)
+    views = render_layer(SynthConfig(layers=1, size=256, seed=2, style="am04"), 0).views
+    for name, view in zip("abc", views, strict=True):
+        assert cv2.imwrite(str(tmp_path / f"L1{name}.png"), view)  # 16-bit, as a camera stores
+    files = [str(tmp_path / f"L1{v}.png") for v in "abc"]
+    out = pbf("predict", str(model), *files, "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    mask = read_mask(tmp_path / "out" / "L1_mask.png")
+    bed = bed_mask(views)
+    assert not bed.all() and mask[bed].all() and not mask[~bed].any()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
