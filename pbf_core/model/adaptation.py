@@ -33,7 +33,7 @@ import numpy as np
 from pbf_core.config import AdaptConfig, TrainConfig
 from pbf_core.data.dataset import PreparedDataset, Sample, data_digest
 from pbf_core.deploy.inference import Segmenter
-from pbf_core.deploy.inputs import prepare_input
+from pbf_core.deploy.inputs import keep_to_bed, prepare_input
 from pbf_core.errors import DatasetError
 from pbf_core.evaluation.robustness import held_out_layers, model_masks, score_layers
 from pbf_core.evaluation.scores import Evaluation, evaluate
@@ -142,12 +142,14 @@ def finetune_config(train: TrainConfig, cfg: AdaptConfig) -> TrainConfig:
 def label_layers(
     segmenter: Segmenter, samples: list[Sample], cfg: AdaptConfig, progress: bool = False
 ) -> list[PseudoLabel]:
-    """Pseudo-label each layer with the segmenter's (mirror-averaged) predictions."""
+    """Pseudo-label each layer with the segmenter's (mirror-averaged) predictions, kept to the
+    layer's powder bed for a ``bed_only`` model as every other prediction is."""
     from tqdm.auto import tqdm
 
     th, out = segmenter.spec.threshold, []
     for s in tqdm(samples, desc="pseudo-labelling", disable=not progress):
         prob = flip_probabilities(segmenter.predict_proba, s.image, cfg.flips)
+        prob = keep_to_bed(prob, s.image, segmenter.spec, s.bed)
         out.append(pseudo_label(prob, s.weak, th, cfg))
     return out
 

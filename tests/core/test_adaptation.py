@@ -142,6 +142,26 @@ def test_adaptation_patches_weigh_small_defects_as_the_preset_does():
     assert "weight" not in rehearsed[0] and len(rehearsed.images) == 2
 
 
+def test_pseudo_labels_keep_to_the_bed_of_a_bed_only_model():
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.model.adaptation import label_layers
+
+    def everywhere(batch: np.ndarray) -> np.ndarray:
+        return np.full((batch.shape[0], *batch.shape[2:]), 0.99, np.float32)
+
+    bed = np.zeros((64, 64), bool)
+    bed[8:56, 8:56] = True
+    weak = np.ones((64, 64), bool)  # the weak label agrees everywhere
+    sample = type("Sample", (), {"image": np.full((3, 64, 64), 0.5, np.float32), "bed": bed,
+                                 "weak": weak})()  # fmt: skip
+    cfg = AdaptConfig(confident=0.9, ring=0, flips=False)
+    spec = ModelSpec(tile_size=64, tile_overlap=8, bed_only=True)
+    kept = label_layers(Segmenter(everywhere, spec), [sample], cfg)[0]
+    assert np.array_equal(kept.target, bed)
+    whole = Segmenter(everywhere, spec.model_copy(update={"bed_only": False}))
+    assert label_layers(whole, [sample], cfg)[0].target.all()
+
+
 @pytest.fixture(scope="module")
 def tiny_model(prepared_synthetic, tmp_path_factory):
     from pbf_core.model.training import train_model
