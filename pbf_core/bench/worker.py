@@ -163,14 +163,17 @@ def run_worker(job_path: str | Path, result_path: str | Path) -> None:
 def _write_masks(predict: Callable, spec: dict, job: dict) -> None:
     """Segment the evaluation layers as serving does; save masks and labels as npz."""
     from pbf_core.data.dataset import load_manifest, load_sample
-    from pbf_core.deploy.tiling import predict_tiled
+    from pbf_core.deploy.tiling import mirror_average, predict_tiled
+
+    def tiled(x: np.ndarray) -> np.ndarray:
+        return predict_tiled(predict, x, spec["tile_size"], spec["tile_overlap"])
 
     root = Path(job["eval_root"])
     entries = {e.id: e for e in load_manifest(root).layers}
     arrays = {}
     for layer_id in job["eval_ids"]:
         sample = load_sample(root, entries[layer_id])
-        prob = predict_tiled(predict, sample.image, spec["tile_size"], spec["tile_overlap"])
+        prob = mirror_average(tiled, sample.image, bool(spec.get("flips", False)))
         arrays[f"mask/{layer_id}"] = prob >= spec["threshold"]
         arrays[f"label/{layer_id}"] = sample.truth if job["labels"] == "truth" else sample.weak
     np.savez_compressed(job["masks_path"], **arrays)

@@ -193,6 +193,12 @@ class TrainConfig(Frozen):
     )
     tile_size: int = Field(256, ge=32, description="inference tile side (px, multiple of 32)")
     tile_overlap: int = Field(32, ge=0, description="overlap between inference tiles (px)")
+    flips: bool = Field(
+        False,
+        description="the model averages each prediction with those of the layer's left-right "
+        "and up-down mirror images (its spec carries it to the threshold pick, evaluation, "
+        "export and serving; 3x the inference)",
+    )
     threshold_policy: Literal["max_dice", "target_recall"] = Field(
         "max_dice", description="how the decision threshold is picked on the validation layers"
     )

@@ -21,7 +21,7 @@ import numpy as np
 
 from pbf_core.deploy.inputs import keep_to_bed, model_input, normalized_views, stored_views
 from pbf_core.deploy.overlays import Component, find_components
-from pbf_core.deploy.tiling import PredictFn, predict_tiled
+from pbf_core.deploy.tiling import PredictFn, predict_layer
 from pbf_core.model.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -161,9 +161,7 @@ class Segmenter:
             x, bed = model_input(views, self.spec)
         else:
             x = normalized_views(views, self.spec)
-        prob = predict_tiled(
-            self.predict, x, self.spec.tile_size, self.spec.tile_overlap, self.batch_size
-        )
+        prob = predict_layer(self.predict, x, self.spec, self.batch_size)
         return keep_to_bed(prob, views, self.spec, bed)
 
     def segment(

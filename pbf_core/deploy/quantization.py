@@ -285,9 +285,9 @@ def calibration_set(
 
 
 def _layer_probabilities(predict: PredictFn, samples: Sequence[Sample], spec: ModelSpec) -> list:
-    from pbf_core.deploy.tiling import predict_tiled
+    from pbf_core.deploy.tiling import predict_layer
 
-    return [predict_tiled(predict, s.image, spec.tile_size, spec.tile_overlap) for s in samples]
+    return [predict_layer(predict, s.image, spec) for s in samples]  # as serving predicts
 
 
 def _set_file_metadata(path: Path, metadata: dict) -> None:

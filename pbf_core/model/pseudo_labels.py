@@ -24,6 +24,7 @@ import numpy as np
 
 from pbf_core.config import AdaptConfig
 from pbf_core.deploy.overlays import label_peaks
+from pbf_core.deploy.tiling import mirror_average
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,14 @@ class PseudoLabel:
 
 
 def flip_probabilities(predict_proba, image: np.ndarray, flips: bool = True) -> np.ndarray:
-    """``(H, W)`` defect probability of a ``(C, H, W)`` layer, averaged over its mirror images.
+    """``(H, W)`` defect probability of a ``(C, H, W)`` layer, averaged over its mirror images
+    (:func:`~pbf_core.deploy.tiling.mirror_average`).
 
     Args:
         predict_proba: ``(C, H, W)`` float32 → ``(H, W)`` probabilities (a segmenter's).
         flips: also predict the left-right and the up-down mirror image.
     """
-    prob = predict_proba(image)
-    if not flips:
-        return prob
-    lr = predict_proba(np.ascontiguousarray(image[:, :, ::-1]))[:, ::-1]
-    ud = predict_proba(np.ascontiguousarray(image[:, ::-1, :]))[::-1, :]
-    return (prob + lr + ud) / 3.0
+    return mirror_average(predict_proba, image, flips)
 
 
 def _ring(mask: np.ndarray, px: int) -> np.ndarray:

@@ -28,6 +28,8 @@ class ModelSpec(BaseModel):
         bed_only: predictions outside the powder bed (a machine frame, parts of the machine
             around it) are dropped (:func:`~pbf_core.deploy.inputs.keep_to_bed`).
         tile_size, tile_overlap: inference tiles (px) stitched back at native resolution.
+        flips: each prediction is averaged with those of the layer's left-right and up-down
+            mirror images (:func:`~pbf_core.deploy.tiling.mirror_average`; 3x the inference).
         threshold: decision threshold on the defect probability.
         labels: what the model was trained on (``weak`` labels or ``truth`` masks).
         train_data_digest: digest of the training data (layer ids and files), for lineage.
@@ -53,6 +55,7 @@ class ModelSpec(BaseModel):
     bed_only: bool = False  # (models trained before it predict over the whole picture)
     tile_size: int = Field(256, ge=32)
     tile_overlap: int = Field(32, ge=0)
+    flips: bool = False
     threshold: float = Field(0.5, gt=0, lt=1)
     labels: Literal["weak", "truth"] = "weak"
     train_data_digest: str | None = None

@@ -209,6 +209,7 @@ def model_spec(dataset: PreparedDataset, cfg: TrainConfig) -> ModelSpec:
         bed_only=cfg.bed_only,
         tile_size=cfg.tile_size,
         tile_overlap=cfg.tile_overlap,
+        flips=cfg.flips,
         labels=cfg.labels,
         train_data_digest=data_digest(dataset.path, dataset.entries(split.train)),
     )

@@ -18,7 +18,7 @@ import numpy as np
 
 from pbf_core.deploy.inputs import keep_to_bed, model_input, stored_views
 from pbf_core.deploy.overlays import Component, find_components
-from pbf_core.deploy.tiling import predict_tiled
+from pbf_core.deploy.tiling import predict_layer
 from pbf_core.errors import LayerSetError
 from pbf_core.model.spec import ModelSpec
 from pbf_core.serving.model import ModelNotReadyError
@@ -107,9 +107,7 @@ class LayerSegmenter:
         )
         views = upload_views(raw, mode, spec)
         x, bed = model_input(views, spec)
-        prob = predict_tiled(
-            self._runner.infer, x, spec.tile_size, spec.tile_overlap, limits.tiles_per_inference
-        )
+        prob = predict_layer(self._runner.infer, x, spec, limits.tiles_per_inference)
         prob = keep_to_bed(prob, views, spec, bed)
         mask = prob >= spec.threshold
         comps = find_components(mask, prob)

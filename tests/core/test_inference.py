@@ -16,7 +16,7 @@ from pbf_core.deploy.overlays import (
     find_components,
     render_overlay,
 )
-from pbf_core.deploy.tiling import predict_tiled
+from pbf_core.deploy.tiling import mirror_average, predict_layer, predict_tiled
 from pbf_core.model.checkpoints import save_checkpoint
 from pbf_core.model.factory import create_model
 from pbf_core.model.spec import ModelSpec
@@ -257,6 +257,32 @@ def test_a_bed_only_model_marks_nothing_on_the_frame_around_the_bed():
     assert prob[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].min() == 1.0  # a box, all kept
     everywhere = Segmenter(ones, spec.model_copy(update={"bed_only": False})).predict_proba(views)
     assert everywhere.min() == 1.0
+
+
+def test_mirror_average_maps_each_mirror_back():
+    image = np.zeros((3, 8, 12), np.float32)
+    diagonal = lambda x: np.eye(x.shape[1], x.shape[2], dtype=np.float32)  # noqa: E731
+    np.testing.assert_array_equal(mirror_average(diagonal, image, flips=False), diagonal(image))
+    out = mirror_average(diagonal, image)
+    expected = (diagonal(image) + diagonal(image)[:, ::-1] + diagonal(image)[::-1]) / 3
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+    assert out.dtype == np.float32 and out.shape == (8, 12)
+
+
+def test_a_flips_model_averages_its_mirror_images():
+    def first_row_of_each_tile(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((batch.shape[0], *batch.shape[2:]), np.float32)
+        out[:, 0] = 0.9
+        return out
+
+    spec = ModelSpec(tile_size=64, tile_overlap=8, threshold=0.5)
+    image = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    plain = Segmenter(first_row_of_each_tile, spec).predict_proba(image)
+    flipped = Segmenter(first_row_of_each_tile, spec.model_copy(update={"flips": True}))
+    prob = flipped.predict_proba(image)
+    assert plain[0].min() == pytest.approx(0.9) and plain[-1].max() == 0.0
+    assert prob[0].min() == pytest.approx(0.6) and prob[-1].min() == pytest.approx(0.3)
+    assert predict_layer(first_row_of_each_tile, image, spec).max() == pytest.approx(0.9)
 
 
 def test_model_input_finds_the_bed_once_for_a_bed_only_model():

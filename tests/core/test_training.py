@@ -20,7 +20,7 @@ from pbf_core.model.factory import create_model
 from pbf_core.model.loop import BudgetClock, _start, eval_step, fit
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import LayerDataset, PatchDataset
-from pbf_core.model.training import TrainedModel, train_model
+from pbf_core.model.training import TrainedModel, model_spec, train_model
 
 SMALL = (16, 16, 8, 8, 8)
 TINY = dict(
@@ -313,3 +313,10 @@ def test_constraints_pin_every_library_the_weights_depend_on():
         assert installed.split("+")[0] == pins[norm(name)], (
             f"{name} {installed} installed, {pins[norm(name)]} pinned"
         )
+
+
+def test_flips_go_into_the_models_spec(prepared_synthetic):
+    cfg = TrainConfig(**TINY, labels="truth")
+    dataset = split_dataset(open_dataset(prepared_synthetic), cfg)
+    assert not model_spec(dataset, cfg).flips
+    assert model_spec(dataset, cfg.model_copy(update={"flips": True})).flips

@@ -145,3 +145,35 @@ def test_a_bed_only_model_marks_nothing_on_the_machine_frame(tmp_path, bed_only)
         assert all(frame - 1 <= cut <= frame + 8 for cut in cuts)
     else:
         assert result.mask.all()
+
+
+class FirstRowOfEachTile(FakeRunner):
+    """Marks the first row of every tile: what its mirror images add is visible."""
+
+    def __init__(self, flips: bool) -> None:
+        super().__init__()
+        self.spec = tiny_spec().model_copy(update={"flips": flips, "threshold": 0.5})
+
+    def describe(self) -> dict:
+        return {"ready": True, "spec": self.spec.model_dump(mode="json"), "info": INFO}
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        out = np.zeros((tiles.shape[0], *tiles.shape[2:]), np.float32)
+        out[:, 0] = 0.9
+        return out
+
+
+@pytest.mark.parametrize("flips", [False, True])
+def test_the_service_averages_mirror_images_when_the_spec_says_so(tmp_path, flips):
+    layers = LayerSegmenter(FirstRowOfEachTile(flips), ServeSettings(max_pixels=300_000))
+    spec = layers._runner.spec
+    side = spec.tile_size  # one tile: its first row is the layer's first row
+    uploads = _upload(tmp_path, **{v: layer(spot=(10, 10, 4), seed=i, size=(side, side))
+                                   for i, v in enumerate("abc")})  # fmt: skip
+    result, _ = layers.segment(uploads)
+    top, bottom = result.prob[0].mean(), result.prob[-1].mean()
+    if flips:  # itself and the left-right image mark the top row, the up-down one the bottom
+        assert top == pytest.approx(0.6, abs=1e-5) and bottom == pytest.approx(0.3, abs=1e-5)
+        assert result.mask[0].all() and not result.mask[-1].any()
+    else:
+        assert top == pytest.approx(0.9, abs=1e-5) and bottom == 0.0
