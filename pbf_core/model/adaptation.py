@@ -148,7 +148,9 @@ def label_layers(
 
     th, out = segmenter.spec.threshold, []
     for s in tqdm(samples, desc="pseudo-labelling", disable=not progress):
-        prob = flip_probabilities(segmenter.predict_proba, s.image, cfg.flips)
+        # a flips model already averages its mirror images: not nine predictions, three
+        flips = cfg.flips and not segmenter.spec.flips
+        prob = flip_probabilities(segmenter.predict_proba, s.image, flips)
         prob = keep_to_bed(prob, s.image, segmenter.spec, s.bed)
         out.append(pseudo_label(prob, s.weak, th, cfg))
     return out

@@ -162,6 +162,23 @@ def test_pseudo_labels_keep_to_the_bed_of_a_bed_only_model():
     assert label_layers(whole, [sample], cfg)[0].target.all()
 
 
+def test_a_flips_model_is_not_mirror_averaged_twice():
+    from pbf_core.deploy.inference import Segmenter
+    from pbf_core.model.adaptation import label_layers
+
+    calls = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape[0])
+        return np.full((batch.shape[0], *batch.shape[2:]), 0.5, np.float32)
+
+    sample = type("Sample", (), {"image": np.zeros((3, 64, 64), np.float32), "bed": None,
+                                 "weak": np.zeros((64, 64), bool)})()  # fmt: skip
+    spec = ModelSpec(tile_size=64, tile_overlap=8, flips=True)
+    label_layers(Segmenter(counting, spec), [sample], AdaptConfig(flips=True))
+    assert len(calls) == 3  # one tile, three mirror images
+
+
 @pytest.fixture(scope="module")
 def tiny_model(prepared_synthetic, tmp_path_factory):
     from pbf_core.model.training import train_model
