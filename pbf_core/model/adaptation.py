@@ -34,6 +34,7 @@ from pbf_core.config import AdaptConfig, TrainConfig
 from pbf_core.data.dataset import PreparedDataset, Sample, data_digest
 from pbf_core.deploy.inference import Segmenter
 from pbf_core.deploy.inputs import keep_to_bed, prepare_input
+from pbf_core.deploy.tiling import mirror_average
 from pbf_core.errors import DatasetError
 from pbf_core.evaluation.robustness import held_out_layers, model_masks, score_layers
 from pbf_core.evaluation.scores import Evaluation, evaluate
@@ -42,7 +43,7 @@ from pbf_core.model.checkpoints import load_checkpoint, save_checkpoint
 from pbf_core.model.devices import resolve_device, torch_threads
 from pbf_core.model.loop import History, fit
 from pbf_core.model.patches import LayerDataset, PatchDataset, build_augmentation
-from pbf_core.model.pseudo_labels import PseudoLabel, flip_probabilities, pseudo_label
+from pbf_core.model.pseudo_labels import PseudoLabel, pseudo_label
 from pbf_core.model.spec import ModelSpec
 from pbf_core.model.views import single_view
 
@@ -150,7 +151,7 @@ def label_layers(
     for s in tqdm(samples, desc="pseudo-labelling", disable=not progress):
         # a flips model already averages its mirror images: not nine predictions, three
         flips = cfg.flips and not segmenter.spec.flips
-        prob = flip_probabilities(segmenter.predict_proba, s.image, flips)
+        prob = mirror_average(segmenter.predict_proba, s.image, flips)
         prob = keep_to_bed(prob, s.image, segmenter.spec, s.bed)
         out.append(pseudo_label(prob, s.weak, th, cfg))
     return out

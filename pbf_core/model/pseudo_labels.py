@@ -24,7 +24,6 @@ import numpy as np
 
 from pbf_core.config import AdaptConfig
 from pbf_core.deploy.overlays import label_peaks
-from pbf_core.deploy.tiling import mirror_average
 
 
 @dataclass(frozen=True)
@@ -34,17 +33,6 @@ class PseudoLabel:
     target: np.ndarray  # (H, W) bool
     ignore: np.ndarray  # (H, W) bool, never overlapping target
     counts: dict[str, int]  # components: defect, doubtful, background
-
-
-def flip_probabilities(predict_proba, image: np.ndarray, flips: bool = True) -> np.ndarray:
-    """``(H, W)`` defect probability of a ``(C, H, W)`` layer, averaged over its mirror images
-    (:func:`~pbf_core.deploy.tiling.mirror_average`).
-
-    Args:
-        predict_proba: ``(C, H, W)`` float32 → ``(H, W)`` probabilities (a segmenter's).
-        flips: also predict the left-right and the up-down mirror image.
-    """
-    return mirror_average(predict_proba, image, flips)
 
 
 def _ring(mask: np.ndarray, px: int) -> np.ndarray:
@@ -60,7 +48,7 @@ def pseudo_label(
     """Sort the predicted components of one layer into defect, doubtful and background.
 
     Args:
-        prob: ``(H, W)`` float defect probabilities (see :func:`flip_probabilities`).
+        prob: ``(H, W)`` float defect probabilities (see :func:`~pbf_core.deploy.tiling.mirror_average`).
         weak: ``(H, W)`` bool weak label of the layer.
         threshold: the model's decision threshold.
         cfg: ``confident`` peak and ``ring`` width.

@@ -30,6 +30,11 @@ def view_contrasts(image: np.ndarray, target: np.ndarray) -> np.ndarray:
             order. The surroundings are the pixels within ``RING_PX`` that no label covers
             (NaN for a component that has none).
     """
+    return _labelled_contrasts(image, target)[1]
+
+
+def _labelled_contrasts(image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The component labels of ``target`` and :func:`view_contrasts` of them."""
     target = np.asarray(target, bool)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         target.astype(np.uint8), connectivity=8
@@ -47,7 +52,7 @@ def view_contrasts(image: np.ndarray, target: np.ndarray) -> np.ndarray:
         if ring.any():
             window = image[:, ys, xs]
             out[k - 1] = window[:, own].mean(axis=1) - np.median(window[:, ring], axis=1)
-    return out
+    return labels, out
 
 
 def faint_components(image: np.ndarray, target: np.ndarray, min_contrast: float) -> np.ndarray:
@@ -59,11 +64,10 @@ def faint_components(image: np.ndarray, target: np.ndarray, min_contrast: float)
     """
     if min_contrast <= 0 or not target.any():
         return np.zeros(target.shape, bool)
-    contrast = view_contrasts(image, target)
+    labels, contrast = _labelled_contrasts(image, target)
     seen = ~np.isnan(contrast).any(axis=1)  # NaN: no surroundings to compare with
     sign = np.sign(contrast[seen].mean(axis=1, keepdims=True))
     weakest = np.full(len(contrast), np.inf, dtype=np.float32)
     weakest[seen] = np.min(sign * contrast[seen], axis=1)
     faint = np.concatenate([[False], weakest < min_contrast])
-    _, labels = cv2.connectedComponents(target.astype(np.uint8), connectivity=8)
     return faint[labels]

@@ -12,6 +12,7 @@ import torch
 from pbf_core.config import AdaptConfig, TrainConfig
 from pbf_core.data.dataset import open_dataset
 from pbf_core.data.split import split_dataset
+from pbf_core.deploy.tiling import mirror_average
 from pbf_core.evaluation.scores import Evaluation, score_masks
 from pbf_core.model.adaptation import (
     adapt_model,
@@ -23,7 +24,7 @@ from pbf_core.model.checkpoints import load_checkpoint
 from pbf_core.model.factory import model_from_spec
 from pbf_core.model.losses import dice_bce_loss
 from pbf_core.model.patches import PatchDataset
-from pbf_core.model.pseudo_labels import PseudoLabel, flip_probabilities, pseudo_label
+from pbf_core.model.pseudo_labels import PseudoLabel, pseudo_label
 from pbf_core.model.spec import ModelSpec
 from pbf_core.model.views import single_view
 
@@ -64,7 +65,7 @@ def test_pseudo_labels_keep_what_model_and_weak_labels_agree_on():
 
 def test_flip_averaging_undoes_each_mirror():
     image = np.random.default_rng(0).random((1, 8, 12)).astype(np.float32)
-    prob = flip_probabilities(lambda x: x[0] * np.arange(12), image)
+    prob = mirror_average(lambda x: x[0] * np.arange(12), image)
     lr = (image[0, :, ::-1] * np.arange(12))[:, ::-1]
     np.testing.assert_allclose(prob, (2 * image[0] * np.arange(12) + lr) / 3, rtol=1e-6)
 
